@@ -1,0 +1,3 @@
+//! Structural grokking (Murty, Sharma, Andreas, Manning, ACL 2023).
+
+pub mod cli;

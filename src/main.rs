@@ -1,0 +1,43 @@
+//! The `attnlab` command line: one binary, one subcommand per job.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "attnlab",
+    version,
+    about = "Train exact transformer models and check them against theory"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Sparse token selection (Wang, Wei, Hsu, Lee 2024): predictions, training, FCN bounds.
+    Sts(attnlab::sts::cli::StsArgs),
+    /// Regenerate the project's figures (PNG + CSV) from the configs under experiments/.
+    Figures(attnlab::figures::FiguresArgs),
+    /// Benchmark the transformer toolkit against a PyTorch reference on the CPU.
+    Bench(attnlab::nn::bench::BenchArgs),
+    /// LEGO reasoning task (Zhang et al. 2022).
+    Lego(attnlab::lego::cli::LegoArgs),
+    /// Straight-line program-execution task (LEGO's convolution study).
+    Program(attnlab::lego::cli::ProgramArgs),
+    /// Structural grokking (Murty et al. 2023).
+    Grokking(attnlab::grokking::cli::GrokkingArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Sts(a) => attnlab::sts::cli::run(a),
+        Cmd::Figures(a) => attnlab::figures::run(a),
+        Cmd::Bench(a) => attnlab::nn::bench::run(a),
+        Cmd::Lego(a) => attnlab::lego::cli::run_lego(a),
+        Cmd::Program(a) => attnlab::lego::cli::run_program(a),
+        Cmd::Grokking(a) => attnlab::grokking::cli::run(a),
+    }
+}

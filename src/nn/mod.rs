@@ -1,0 +1,3 @@
+//! Transformer toolkit on candle (issue 5): blocks, stacks, attention capture, FLOP counting.
+
+pub mod bench;

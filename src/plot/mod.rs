@@ -1,0 +1,1 @@
+//! Shared plotting helpers on plotters (issue 4).

@@ -1,0 +1,1 @@
+//! Shared training machinery: optimisers, schedules, checkpoints (issue 5).
