@@ -15,6 +15,7 @@ pub mod io;
 pub mod lego;
 pub mod nn;
 pub mod plot;
+pub mod progress;
 pub mod rng;
 pub mod sts;
 pub mod train;

@@ -1,0 +1,262 @@
+//! The sparse token selection task STS_q and its positional encodings.
+//!
+//! An example is T tokens `x_i ~ N(0, I_d)`, a uniform q-subset `y` of `[T]`, and the target
+//! `(1/q) sum_{i in y} x_i`. The subset reaches the transformer through positional encodings
+//! `p_i in R^{d_e}`: token i is embedded as `z_i = [x_i; p_i]` and the query as
+//! `z_0 = [0; sum_{j in y} p_j]` (or the mean, as an option).
+
+use crate::config::require;
+use anyhow::Result;
+use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis};
+use rand::seq::index::sample;
+use rand::Rng as _;
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// How positional encodings are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// Stochastic: fresh for every example, uniform on the unit sphere of R^{d_e}.
+    Sphere,
+    /// Stochastic: fresh for every example, N(0, I/d_e) (unit norm in expectation).
+    Gaussian,
+    /// One table drawn once (from the run's seed, unit sphere) and reused for every example.
+    Fixed,
+}
+
+/// How the query token combines the selected encodings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Query {
+    Sum,
+    Mean,
+}
+
+/// Sizes and encoding choices of the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// Sequence length T.
+    pub t: usize,
+    /// Token dimension d.
+    pub d: usize,
+    /// Subset size q.
+    pub q: usize,
+    /// Positional-encoding dimension d_e.
+    pub de: usize,
+    #[serde(default = "default_encoding")]
+    pub encoding: Encoding,
+    #[serde(default = "default_query")]
+    pub query: Query,
+}
+
+fn default_encoding() -> Encoding {
+    Encoding::Sphere
+}
+fn default_query() -> Query {
+    Query::Sum
+}
+
+impl TaskConfig {
+    pub fn new(t: usize, d: usize, q: usize, de: usize) -> Self {
+        Self {
+            t,
+            d,
+            q,
+            de,
+            encoding: Encoding::Sphere,
+            query: Query::Sum,
+        }
+    }
+
+    /// Checks sizes; errors name the field and the fix.
+    pub fn validate(&self) -> Result<()> {
+        require(self.t >= 1, "t", "sequence length T must be at least 1")?;
+        require(self.d >= 1, "d", "token dimension d must be at least 1")?;
+        require(
+            self.de >= 1,
+            "de",
+            "encoding dimension d_e must be at least 1",
+        )?;
+        require(self.q >= 1, "q", "subset size q must be at least 1")?;
+        require(
+            self.q <= self.t,
+            "q",
+            format!(
+                "subset size q = {} cannot exceed the sequence length T = {}; choose q <= T",
+                self.q, self.t
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Same task at another sequence length (for length generalisation).
+    pub fn with_len(&self, t: usize) -> Self {
+        Self { t, ..self.clone() }
+    }
+}
+
+/// A batch of examples (stored in `F`; sampled in f64 and cast with [`Batch::cast`]).
+#[derive(Clone, Debug)]
+pub struct Batch<F = f64> {
+    /// Tokens, `(batch, T, d)`.
+    pub x: Array3<F>,
+    /// Positional encodings, `(batch, T, d_e)`.
+    pub p: Array3<F>,
+    /// Positional part of the query token, `(batch, d_e)`.
+    pub s: Array2<F>,
+    /// Selection indicator 1_y, `(batch, T)`.
+    pub sel: Array2<F>,
+    /// Target (1/q) sum_{i in y} x_i, `(batch, d)`.
+    pub target: Array2<F>,
+}
+
+impl Batch<f64> {
+    /// The same batch in another float type.
+    pub fn cast<F: num_traits::Float + num_traits::FromPrimitive>(&self) -> Batch<F> {
+        let c = |v: &f64| F::from_f64(*v).expect("finite");
+        Batch {
+            x: self.x.map(c),
+            p: self.p.map(c),
+            s: self.s.map(c),
+            sel: self.sel.map(c),
+            target: self.target.map(c),
+        }
+    }
+}
+
+impl<F> Batch<F> {
+    pub fn len(&self) -> usize {
+        self.x.dim().0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn t(&self) -> usize {
+        self.x.dim().1
+    }
+}
+
+/// A unit vector uniform on the sphere of R^n.
+fn sphere_row(rng: &mut crate::rng::Rng, n: usize) -> Vec<f64> {
+    loop {
+        let v: Vec<f64> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if norm > 1e-12 {
+            return v.into_iter().map(|a| a / norm).collect();
+        }
+    }
+}
+
+/// A fixed table of encodings, `(rows, d_e)`, unit-sphere rows. Row i depends only on
+/// (seed, i), so a longer table extends a shorter one with positions training never saw.
+pub fn fixed_table(seed: u64, rows: usize, de: usize) -> Array2<f64> {
+    let mut out = Array2::zeros((rows, de));
+    for i in 0..rows {
+        let mut rng = crate::rng::stream(seed ^ 0x7ab1e, i as u64);
+        let r = sphere_row(&mut rng, de);
+        out.row_mut(i).assign(&ndarray::ArrayView1::from(&r));
+    }
+    out
+}
+
+/// Examples generated from one seed; chunks are generated in parallel from seeds drawn in order
+/// from the caller's generator, so results do not depend on the number of threads.
+const SAMPLE_CHUNK: usize = 256;
+
+/// Draws `n` examples of `cfg`. `table` is required for [`Encoding::Fixed`] and must have at
+/// least T rows.
+pub fn sample_batch(
+    cfg: &TaskConfig,
+    n: usize,
+    table: Option<&Array2<f64>>,
+    rng: &mut crate::rng::Rng,
+) -> Result<Batch> {
+    cfg.validate()?;
+    let (t, de) = (cfg.t, cfg.de);
+    if cfg.encoding == Encoding::Fixed {
+        let rows = table.map(|tb| tb.nrows()).unwrap_or(0);
+        require(
+            rows >= t && table.map(|tb| tb.ncols()) == Some(de),
+            "encoding",
+            format!("a fixed table of at least T = {t} rows of width d_e = {de} is needed (got {rows} rows)"),
+        )?;
+    }
+    let seeds: Vec<(usize, u64)> = (0..n.div_ceil(SAMPLE_CHUNK))
+        .map(|i| ((n - i * SAMPLE_CHUNK).min(SAMPLE_CHUNK), rng.gen()))
+        .collect();
+    let parts: Vec<Batch> = seeds
+        .par_iter()
+        .map(|&(m, seed)| sample_chunk(cfg, m, table, &mut crate::rng::seeded(seed)))
+        .collect();
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().next().expect("one part"));
+    }
+    let cat3 = |f: fn(&Batch) -> ArrayView3<f64>| {
+        ndarray::concatenate(Axis(0), &parts.iter().map(f).collect::<Vec<_>>())
+    };
+    let cat2 = |f: fn(&Batch) -> ArrayView2<f64>| {
+        ndarray::concatenate(Axis(0), &parts.iter().map(f).collect::<Vec<_>>())
+    };
+    Ok(Batch {
+        x: cat3(|b| b.x.view())?,
+        p: cat3(|b| b.p.view())?,
+        s: cat2(|b| b.s.view())?,
+        sel: cat2(|b| b.sel.view())?,
+        target: cat2(|b| b.target.view())?,
+    })
+}
+
+fn sample_chunk(
+    cfg: &TaskConfig,
+    n: usize,
+    table: Option<&Array2<f64>>,
+    rng: &mut crate::rng::Rng,
+) -> Batch {
+    let (t, d, q, de) = (cfg.t, cfg.d, cfg.q, cfg.de);
+    let mut x = Array3::<f64>::zeros((n, t, d));
+    x.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+    let mut p = Array3::<f64>::zeros((n, t, de));
+    match (cfg.encoding, table) {
+        (Encoding::Fixed, Some(tb)) => {
+            for mut ex in p.outer_iter_mut() {
+                ex.assign(&tb.slice(s![..t, ..]));
+            }
+        }
+        _ => {
+            p.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+            for mut row in p.rows_mut() {
+                let scale = match cfg.encoding {
+                    Encoding::Gaussian => 1.0 / (de as f64).sqrt(),
+                    _ => 1.0 / row.dot(&row).sqrt().max(1e-300),
+                };
+                row *= scale;
+            }
+        }
+    }
+    let mut s = Array2::zeros((n, de));
+    let mut sel = Array2::zeros((n, t));
+    let mut target = Array2::zeros((n, d));
+    let scale = match cfg.query {
+        Query::Sum => 1.0,
+        Query::Mean => 1.0 / q as f64,
+    };
+    for b in 0..n {
+        for i in sample(rng, t, q).into_iter() {
+            sel[[b, i]] = 1.0;
+            s.row_mut(b).scaled_add(scale, &p.slice(s![b, i, ..]));
+            target
+                .row_mut(b)
+                .scaled_add(1.0 / q as f64, &x.slice(s![b, i, ..]));
+        }
+    }
+    Batch {
+        x,
+        p,
+        s,
+        sel,
+        target,
+    }
+}

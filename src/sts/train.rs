@@ -1,0 +1,436 @@
+//! Training runs for STS: the exact transformer by gradient descent (fresh batches or full batch on a
+//! fixed dataset) with the scalar prediction tracked beside the measurement, and the FCN.
+//!
+//! Configured by TOML files under `experiments/sts/`, each holding a `[cpu]` and a `[paper]` preset.
+
+use super::fcn::{train_fcn, FcnConfig, FcnResult};
+use super::model::{ExactTransformer, Real};
+use super::task::{fixed_table, sample_batch, Batch, Encoding, TaskConfig};
+use super::theory::{EncodingSample, Estimate};
+use crate::config::{load_toml, require};
+use anyhow::{bail, Result};
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Float type of the exact transformer's training arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    #[default]
+    F64,
+}
+
+/// Gradient-descent settings for the exact transformer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerConfig {
+    pub steps: usize,
+    /// Step size eta of `W <- W - eta grad`.
+    pub lr: f64,
+    /// Examples per step.
+    pub batch: usize,
+    /// None: a fresh batch every step (population GD up to batch noise). Some(n): full-batch GD on
+    /// one fixed dataset of n examples (then `batch` is ignored).
+    #[serde(default)]
+    pub dataset: Option<usize>,
+    #[serde(default)]
+    pub precision: Precision,
+    /// Initial W = init_c I on the positional block.
+    #[serde(default)]
+    pub init_c: f64,
+}
+
+/// Evaluation settings shared by the models.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Test examples (fixed per run) for the measured population loss.
+    #[serde(default = "default_eval_samples")]
+    pub samples: usize,
+    /// Number of log-spaced evaluation steps.
+    #[serde(default = "default_points")]
+    pub points: usize,
+    /// Encoding samples behind the x-integrated theory estimates.
+    #[serde(default = "default_theory_samples")]
+    pub theory_samples: usize,
+}
+
+fn default_eval_samples() -> usize {
+    4096
+}
+fn default_points() -> usize {
+    30
+}
+fn default_theory_samples() -> usize {
+    8192
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            samples: default_eval_samples(),
+            points: default_points(),
+            theory_samples: default_theory_samples(),
+        }
+    }
+}
+
+/// One training run: task, model, evaluation, seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub task: TaskConfig,
+    #[serde(default)]
+    pub transformer: Option<TransformerConfig>,
+    #[serde(default)]
+    pub fcn: Option<FcnConfig>,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// A config file: the CPU preset and the paper's, side by side.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    pub cpu: RunConfig,
+    pub paper: RunConfig,
+}
+
+/// Which preset of a config file to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    #[default]
+    Cpu,
+    Paper,
+}
+
+impl RunFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let f: Self = load_toml(path)?;
+        f.cpu
+            .validate()
+            .map_err(|e| e.context(format!("in `{}` [cpu]", path.display())))?;
+        f.paper
+            .validate()
+            .map_err(|e| e.context(format!("in `{}` [paper]", path.display())))?;
+        Ok(f)
+    }
+    pub fn preset(&self, p: Preset) -> &RunConfig {
+        match p {
+            Preset::Cpu => &self.cpu,
+            Preset::Paper => &self.paper,
+        }
+    }
+}
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.task.validate()?;
+        if self.transformer.is_none() && self.fcn.is_none() {
+            bail!("the run trains nothing: add a `[transformer]` or an `[fcn]` table");
+        }
+        if let Some(t) = &self.transformer {
+            require(t.steps >= 1, "transformer.steps", "must be at least 1")?;
+            require(
+                t.lr > 0.0 && t.lr.is_finite(),
+                "transformer.lr",
+                "must be a positive number",
+            )?;
+            require(t.batch >= 1, "transformer.batch", "must be at least 1")?;
+            require(
+                t.dataset.is_none_or(|n| n >= 1),
+                "transformer.dataset",
+                "must be at least 1 (or omitted for fresh batches)",
+            )?;
+        }
+        if let Some(f) = &self.fcn {
+            f.validate()?;
+        }
+        require(self.eval.samples >= 2, "eval.samples", "must be at least 2")?;
+        require(self.eval.points >= 2, "eval.points", "must be at least 2")?;
+        require(
+            self.eval.theory_samples >= 2,
+            "eval.theory_samples",
+            "must be at least 2",
+        )?;
+        Ok(())
+    }
+}
+
+/// `points` distinct steps spread log-uniformly over `0..=steps` (0 and `steps` included).
+pub fn log_spaced_steps(steps: usize, points: usize) -> Vec<usize> {
+    let mut v = vec![0];
+    for i in 0..points {
+        let s = ((steps as f64 + 1.0).powf(i as f64 / (points - 1).max(1) as f64) - 1.0).round()
+            as usize;
+        v.push(s.min(steps));
+    }
+    v.push(steps);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// One evaluation of the transformer during training, beside the scalar prediction at the same step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub step: usize,
+    /// Measured population loss (fixed test set) and its standard error.
+    pub loss: f64,
+    pub loss_stderr: f64,
+    /// The learned coefficient `tr(W_pp)/d_e`.
+    pub c: f64,
+    pub off_identity: f64,
+    /// Attention mass on the selected tokens: mean and worst case over the test set.
+    pub mass_mean: f64,
+    pub mass_min: f64,
+    /// The scalar recursion's c at this step.
+    pub pred_c: f64,
+    /// `L(pred_c)` on the same test set (common random numbers with `loss`).
+    pub pred_loss: f64,
+    /// `L(pred_c)` from the x-integrated estimator, and the predicted mean attention mass.
+    pub pred_loss_integrated: f64,
+    pub pred_mass: f64,
+}
+
+/// The whole transformer run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransformerResult {
+    pub curve: Vec<CurvePoint>,
+    /// The best c for this d_e and the floor L(c*) (x-integrated estimator).
+    pub c_star: f64,
+    pub floor: f64,
+    pub loss_at_zero: f64,
+    #[serde(skip)]
+    pub model: Option<ExactTransformer<f64>>,
+    /// The fixed encoding table, when the run used one.
+    #[serde(skip)]
+    pub table: Option<Array2<f64>>,
+}
+
+impl TransformerResult {
+    pub fn last(&self) -> &CurvePoint {
+        self.curve
+            .last()
+            .expect("a run has at least one evaluation")
+    }
+}
+
+/// Everything needed to evaluate a model on a fixed test set.
+struct Evaluator {
+    test: Batch,
+}
+
+impl Evaluator {
+    fn measure(&self, m: &ExactTransformer<f64>) -> (Estimate, f64, f64) {
+        let fw = m.forward(&self.test);
+        let losses: Vec<f64> = fw.losses.to_vec();
+        let mass = super::model::selected_mass(&fw.attn, &self.test.sel);
+        (
+            Estimate::from_samples(&losses),
+            mass.mean().unwrap_or(0.0),
+            mass.iter().cloned().fold(f64::INFINITY, f64::min),
+        )
+    }
+}
+
+fn to_f64<F: Real>(m: &ExactTransformer<F>) -> ExactTransformer<f64> {
+    ExactTransformer {
+        d: m.d,
+        de: m.de,
+        w: m.w.mapv(|v| v.f64()),
+    }
+}
+
+/// Trains the exact transformer as configured; `on_step` is called after every step (progress).
+pub fn train_transformer(
+    cfg: &RunConfig,
+    on_step: &mut dyn FnMut(usize),
+) -> Result<TransformerResult> {
+    cfg.validate()?;
+    let tc = cfg
+        .transformer
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no `[transformer]` table in the config"))?;
+    match tc.precision {
+        Precision::F64 => train_transformer_in::<f64>(cfg, tc, on_step),
+        Precision::F32 => train_transformer_in::<f32>(cfg, tc, on_step),
+    }
+}
+
+fn train_transformer_in<F: Real>(
+    cfg: &RunConfig,
+    tc: &TransformerConfig,
+    on_step: &mut dyn FnMut(usize),
+) -> Result<TransformerResult> {
+    let task = &cfg.task;
+    let table = (task.encoding == Encoding::Fixed).then(|| fixed_table(cfg.seed, task.t, task.de));
+    let mut train_rng = crate::rng::stream(cfg.seed, 1);
+    let mut test_rng = crate::rng::stream(cfg.seed, 2);
+    let eval = Evaluator {
+        test: sample_batch(task, cfg.eval.samples, table.as_ref(), &mut test_rng)?,
+    };
+    let theory = EncodingSample::draw(
+        task,
+        cfg.eval.theory_samples,
+        table.as_ref(),
+        cfg.seed.wrapping_add(1),
+    )?;
+    let best = theory.minimise(100.0);
+    let dataset = match tc.dataset {
+        Some(n) => Some(sample_batch(task, n, table.as_ref(), &mut train_rng)?.cast::<F>()),
+        None => None,
+    };
+    let mut model = ExactTransformer::<F>::scaled_identity(task.d, task.de, tc.init_c);
+    let eval_at = log_spaced_steps(tc.steps, cfg.eval.points);
+    let mut pred_c = tc.init_c;
+    let mut curve = Vec::with_capacity(eval_at.len());
+    let mut next_eval = 0;
+    for step in 0..=tc.steps {
+        if eval_at.get(next_eval) == Some(&step) {
+            next_eval += 1;
+            let m64 = to_f64(&model);
+            let (loss, mass_mean, mass_min) = eval.measure(&m64);
+            let pred_model = ExactTransformer::<f64>::scaled_identity(task.d, task.de, pred_c);
+            let (pred_loss, _, _) = eval.measure(&pred_model);
+            let at = theory.at(pred_c);
+            curve.push(CurvePoint {
+                step,
+                loss: loss.mean,
+                loss_stderr: loss.stderr,
+                c: m64.c(),
+                off_identity: m64.off_identity_fraction(),
+                mass_mean,
+                mass_min,
+                pred_c,
+                pred_loss: pred_loss.mean,
+                pred_loss_integrated: at.loss.mean,
+                pred_mass: at.mass.mean,
+            });
+        }
+        if step == tc.steps {
+            break;
+        }
+        match &dataset {
+            Some(ds) => model.gd_step(ds, tc.lr),
+            None => model.gd_step(
+                &sample_batch(task, tc.batch, table.as_ref(), &mut train_rng)?.cast::<F>(),
+                tc.lr,
+            ),
+        };
+        pred_c -= tc.lr / task.de as f64 * theory.at(pred_c).slope;
+        on_step(step + 1);
+    }
+    Ok(TransformerResult {
+        curve,
+        c_star: best.c,
+        floor: best.loss.mean,
+        loss_at_zero: super::theory::loss_at_zero(task.t, task.d, task.q),
+        model: Some(to_f64(&model)),
+        table,
+    })
+}
+
+/// Results of a `sts train` run (what `--json` prints).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub transformer: Option<TransformerSummary>,
+    pub fcn: Option<FcnResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransformerSummary {
+    pub loss: f64,
+    pub loss_stderr: f64,
+    pub attention_mass_selected: f64,
+    pub attention_mass_selected_min: f64,
+    pub off_identity_fraction: f64,
+    pub c: f64,
+    pub predicted_c: f64,
+    pub predicted_loss: f64,
+    pub c_star: f64,
+    pub floor: f64,
+    pub loss_at_zero: f64,
+}
+
+impl From<&TransformerResult> for TransformerSummary {
+    fn from(r: &TransformerResult) -> Self {
+        let p = r.last();
+        Self {
+            loss: p.loss,
+            loss_stderr: p.loss_stderr,
+            attention_mass_selected: p.mass_mean,
+            attention_mass_selected_min: p.mass_min,
+            off_identity_fraction: p.off_identity,
+            c: p.c,
+            predicted_c: p.pred_c,
+            predicted_loss: p.pred_loss,
+            c_star: r.c_star,
+            floor: r.floor,
+            loss_at_zero: r.loss_at_zero,
+        }
+    }
+}
+
+/// Runs whatever the config trains and writes the curve(s) and summary into `out_dir`.
+pub fn run(cfg: &RunConfig, out_dir: &Path, on_step: &mut dyn FnMut(usize)) -> Result<RunSummary> {
+    cfg.validate()?;
+    let mut summary = RunSummary {
+        transformer: None,
+        fcn: None,
+    };
+    if cfg.transformer.is_some() {
+        let r = train_transformer(cfg, on_step)?;
+        let header = [
+            "step",
+            "loss",
+            "loss_stderr",
+            "c",
+            "off_identity",
+            "mass_mean",
+            "mass_min",
+            "pred_c",
+            "pred_loss",
+            "pred_loss_integrated",
+            "pred_mass",
+        ];
+        let rows: Vec<Vec<f64>> = r
+            .curve
+            .iter()
+            .map(|p| {
+                vec![
+                    p.step as f64,
+                    p.loss,
+                    p.loss_stderr,
+                    p.c,
+                    p.off_identity,
+                    p.mass_mean,
+                    p.mass_min,
+                    p.pred_c,
+                    p.pred_loss,
+                    p.pred_loss_integrated,
+                    p.pred_mass,
+                ]
+            })
+            .collect();
+        crate::io::write_csv(&out_dir.join("transformer_curve.csv"), &header, &rows)?;
+        summary.transformer = Some(TransformerSummary::from(&r));
+    }
+    if let Some(fc) = &cfg.fcn {
+        let r = train_fcn(&cfg.task, fc, cfg.eval.samples, cfg.seed)?;
+        let rows: Vec<Vec<f64>> = r.curve.iter().map(|(s, l)| vec![*s as f64, *l]).collect();
+        crate::io::write_csv(
+            &out_dir.join("fcn_curve.csv"),
+            &["step", "train_loss"],
+            &rows,
+        )?;
+        summary.fcn = Some(r);
+    }
+    crate::io::write_json(&out_dir.join("summary.json"), &summary)?;
+    crate::io::write_json(&out_dir.join("config.json"), cfg)?;
+    Ok(summary)
+}

@@ -1,0 +1,110 @@
+//! The hand-derived gradient of the exact transformer equals candle's autograd and central finite
+//! differences, over random shapes and W; the Monte-Carlo loss at W = 0 matches the exact value.
+
+use attnlab::sts::model::ExactTransformer;
+use attnlab::sts::model_candle::autograd_loss_and_grad;
+use attnlab::sts::task::{sample_batch, Query, TaskConfig};
+use attnlab::sts::theory::{loss_at_zero, population_loss_mc, EncodingSample};
+use ndarray::Array2;
+use proptest::prelude::*;
+use rand::Rng;
+
+fn random_w(n: usize, scale: f64, seed: u64) -> Array2<f64> {
+    let mut rng = attnlab::rng::seeded(seed);
+    Array2::from_shape_fn((n, n), |_| scale * rng.gen_range(-1.0..1.0))
+}
+
+fn max_rel_diff(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+    let scale = a
+        .iter()
+        .chain(b.iter())
+        .fold(1e-12f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn analytic_gradient_equals_autograd_and_finite_differences(
+        t in 2usize..9, d in 1usize..5, de in 1usize..7, qf in 0.0f64..1.0, n in 1usize..6,
+        scale in 0.0f64..2.0, seed in 0u64..1000, mean_query in any::<bool>(),
+    ) {
+        let q = 1 + ((t - 1) as f64 * qf) as usize;
+        let mut cfg = TaskConfig::new(t, d, q, de);
+        if mean_query { cfg.query = Query::Mean; }
+        let batch = sample_batch(&cfg, n, None, &mut attnlab::rng::seeded(seed)).unwrap();
+        let w = random_w(d + de, scale, seed + 1);
+        let model = ExactTransformer { d, de, w: w.clone() };
+        let (loss, grad) = model.loss_and_grad(&batch);
+        let (loss_ag, grad_ag) = autograd_loss_and_grad(&w, d, &batch).unwrap();
+        prop_assert!((loss - loss_ag).abs() <= 1e-10 * loss.abs().max(1.0));
+        prop_assert!(max_rel_diff(&grad, &grad_ag) < 1e-9, "analytic vs autograd: {}", max_rel_diff(&grad, &grad_ag));
+        // Central differences, O(h^2) accurate.
+        let h = 1e-5;
+        let fd = Array2::from_shape_fn(w.dim(), |(i, j)| {
+            let mut plus = model.clone();
+            plus.w[[i, j]] += h;
+            let mut minus = model.clone();
+            minus.w[[i, j]] -= h;
+            (plus.loss_and_grad(&batch).0 - minus.loss_and_grad(&batch).0) / (2.0 * h)
+        });
+        prop_assert!(max_rel_diff(&grad, &fd) < 1e-6, "analytic vs finite differences: {}", max_rel_diff(&grad, &fd));
+        // f32 arithmetic gives the same gradient to single precision.
+        let m32 = ExactTransformer { d, de, w: w.mapv(|v| v as f32) };
+        let (_, g32) = m32.loss_and_grad(&batch.cast::<f32>());
+        prop_assert!(max_rel_diff(&grad, &g32.mapv(|v| v as f64)) < 1e-4);
+    }
+}
+
+#[test]
+fn monte_carlo_loss_at_zero_matches_the_exact_value() {
+    for (t, d, q, seed) in [(16, 8, 3, 0), (64, 16, 4, 1), (5, 3, 5, 2)] {
+        let cfg = TaskConfig::new(t, d, q, 32);
+        let est = population_loss_mc(&cfg, 0.0, 20_000, seed).unwrap();
+        let exact = loss_at_zero(t, d, q);
+        assert!(
+            (est.mean - exact).abs() <= 3.0 * est.stderr + 1e-12,
+            "T={t} d={d} q={q}: MC {} +- {} vs exact {exact}",
+            est.mean,
+            est.stderr
+        );
+    }
+}
+
+#[test]
+fn x_integrated_loss_agrees_with_the_direct_estimator() {
+    // The x-integrated estimator uses E[x_i . x_j] = d [i = j]; it must agree with plain Monte
+    // Carlo (tokens drawn) at c > 0, where both are random.
+    let cfg = TaskConfig::new(16, 8, 3, 32);
+    let integrated = EncodingSample::draw(&cfg, 20_000, None, 3).unwrap();
+    for c in [1.0, 3.0, 6.0] {
+        let direct = population_loss_mc(&cfg, c, 20_000, 4).unwrap();
+        let at = integrated.at(c);
+        let se = (direct.stderr.powi(2) + at.loss.stderr.powi(2)).sqrt();
+        assert!(
+            (direct.mean - at.loss.mean).abs() <= 4.0 * se,
+            "c={c}: direct {direct:?} vs integrated {:?}",
+            at.loss
+        );
+    }
+    // And at c = 0 the integrated estimator is exact.
+    assert!((integrated.at(0.0).loss.mean - loss_at_zero(16, 8, 3)).abs() < 1e-9);
+}
+
+#[test]
+fn slope_is_the_derivative_of_the_loss() {
+    let cfg = TaskConfig::new(16, 8, 3, 32);
+    let s = EncodingSample::draw(&cfg, 4000, None, 5).unwrap();
+    for c in [0.0, 0.7, 2.5, 5.0] {
+        let h = 1e-5;
+        let fd = (s.at(c + h).loss.mean - s.at(c - h).loss.mean) / (2.0 * h);
+        let slope = s.at(c).slope;
+        assert!(
+            (fd - slope).abs() < 1e-6 * slope.abs().max(1.0),
+            "c={c}: fd {fd} vs slope {slope}"
+        );
+    }
+}
