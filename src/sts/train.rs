@@ -220,22 +220,45 @@ impl TransformerResult {
     }
 }
 
-/// Everything needed to evaluate a model on a fixed test set.
-struct Evaluator {
-    test: Batch,
+/// A model measured on a test set.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Measurement {
+    pub loss: Estimate,
+    /// Attention mass on the selected tokens: mean and worst case over the test set.
+    pub mass_mean: f64,
+    pub mass_min: f64,
 }
 
-impl Evaluator {
-    fn measure(&self, m: &ExactTransformer<f64>) -> (Estimate, f64, f64) {
-        let fw = m.forward(&self.test);
-        let losses: Vec<f64> = fw.losses.to_vec();
-        let mass = super::model::selected_mass(&fw.attn, &self.test.sel);
-        (
-            Estimate::from_samples(&losses),
-            mass.mean().unwrap_or(0.0),
-            mass.iter().cloned().fold(f64::INFINITY, f64::min),
-        )
+/// Measures `model` on `test`.
+pub fn measure(model: &ExactTransformer<f64>, test: &Batch) -> Measurement {
+    let fw = model.forward(test);
+    let mass = super::model::selected_mass(&fw.attn, &test.sel);
+    Measurement {
+        loss: Estimate::from_samples(fw.losses.as_slice().expect("contiguous")),
+        mass_mean: mass.mean().unwrap_or(0.0),
+        mass_min: mass.iter().cloned().fold(f64::INFINITY, f64::min),
     }
+}
+
+/// Measures a trained model on `samples` fresh examples of length `t` (length generalisation).
+/// With a fixed table, positions beyond the training length get the table's extension: rows
+/// drawn like the others but never seen in training.
+pub fn measure_at_length(
+    model: &ExactTransformer<f64>,
+    task: &TaskConfig,
+    t: usize,
+    samples: usize,
+    seed: u64,
+) -> Result<Measurement> {
+    let task = task.with_len(t);
+    let table = (task.encoding == Encoding::Fixed).then(|| fixed_table(seed, t, task.de));
+    let test = sample_batch(
+        &task,
+        samples,
+        table.as_ref(),
+        &mut crate::rng::stream(seed, 6),
+    )?;
+    Ok(measure(model, &test))
 }
 
 fn to_f64<F: Real>(m: &ExactTransformer<F>) -> ExactTransformer<f64> {
@@ -271,9 +294,7 @@ fn train_transformer_in<F: Real>(
     let table = (task.encoding == Encoding::Fixed).then(|| fixed_table(cfg.seed, task.t, task.de));
     let mut train_rng = crate::rng::stream(cfg.seed, 1);
     let mut test_rng = crate::rng::stream(cfg.seed, 2);
-    let eval = Evaluator {
-        test: sample_batch(task, cfg.eval.samples, table.as_ref(), &mut test_rng)?,
-    };
+    let test = sample_batch(task, cfg.eval.samples, table.as_ref(), &mut test_rng)?;
     let theory = EncodingSample::draw(
         task,
         cfg.eval.theory_samples,
@@ -294,18 +315,21 @@ fn train_transformer_in<F: Real>(
         if eval_at.get(next_eval) == Some(&step) {
             next_eval += 1;
             let m64 = to_f64(&model);
-            let (loss, mass_mean, mass_min) = eval.measure(&m64);
-            let pred_model = ExactTransformer::<f64>::scaled_identity(task.d, task.de, pred_c);
-            let (pred_loss, _, _) = eval.measure(&pred_model);
+            let now = measure(&m64, &test);
+            let pred_loss = measure(
+                &ExactTransformer::scaled_identity(task.d, task.de, pred_c),
+                &test,
+            )
+            .loss;
             let at = theory.at(pred_c);
             curve.push(CurvePoint {
                 step,
-                loss: loss.mean,
-                loss_stderr: loss.stderr,
+                loss: now.loss.mean,
+                loss_stderr: now.loss.stderr,
                 c: m64.c(),
                 off_identity: m64.off_identity_fraction(),
-                mass_mean,
-                mass_min,
+                mass_mean: now.mass_mean,
+                mass_min: now.mass_min,
                 pred_c,
                 pred_loss: pred_loss.mean,
                 pred_loss_integrated: at.loss.mean,
