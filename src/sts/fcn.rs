@@ -74,6 +74,10 @@ pub struct FcnResult {
     pub curve: Vec<(usize, f64)>,
 }
 
+/// One optimiser update from a loss (SGD or Adam behind one name).
+trait OptimizerStep: FnMut(&Tensor) -> Result<()> {}
+impl<T: FnMut(&Tensor) -> Result<()>> OptimizerStep for T {}
+
 /// The network's parameters: `(weight (out, in), bias (out,))` per layer.
 pub struct Fcn {
     layers: Vec<(Var, Var)>,
@@ -168,7 +172,7 @@ pub fn train_fcn(
     }
     sizes.push(d);
     let net = Fcn::new(&sizes, seed, &dev)?;
-    let mut opt: Box<dyn FnMut(&Tensor) -> Result<()>> = match cfg.optimizer {
+    let mut opt: Box<dyn OptimizerStep> = match cfg.optimizer {
         FcnOptimizer::Gd => {
             let mut o = SGD::new(net.vars(), cfg.lr)?;
             Box::new(move |l| Ok(o.backward_step(l)?))
