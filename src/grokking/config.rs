@@ -201,7 +201,7 @@ impl Preset {
         let m = &self.model;
         require(m.d_model >= 1, "model.d_model", "must be >= 1")?;
         require(
-            m.heads >= 1 && m.d_model % m.heads == 0,
+            m.heads >= 1 && m.d_model.is_multiple_of(m.heads),
             "model.heads",
             format!("must divide d_model = {}", m.d_model),
         )?;

@@ -112,7 +112,7 @@ pub fn is_open(tok: u16, k: usize) -> bool {
 pub fn token_name(tok: u16, k: usize) -> String {
     let t = tok as usize % k;
     let letter = (b'a' + (t % 26) as u8) as char;
-    let id: String = std::iter::repeat(letter).take(t / 26 + 1).collect();
+    let id: String = std::iter::repeat_n(letter, t / 26 + 1).collect();
     if is_open(tok, k) {
         format!("({id}")
     } else {
