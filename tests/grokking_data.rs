@@ -16,9 +16,9 @@ use attnlab::grokking::grammar::{
 };
 use attnlab::grokking::tree::BinaryTree;
 use attnlab::grokking::tree_projection::{
-    context_free_additive_mask, context_free_key_mask, context_free_mask,
-    expected_random_tree_score, project_tree, tparseval, tree_score, tscore_exact,
-    tscore_one_split_estimate,
+    context_free_additive_mask, context_free_key_mask, context_free_mask, cosine_similarity,
+    expected_random_tree_score, mean_tscore, project_tree, sci_chart, tparseval, tree_score,
+    tscore_exact, tscore_one_split_estimate,
 };
 use attnlab::rng::seeded;
 use ndarray::Array2;
@@ -478,6 +478,26 @@ fn projection_of_a_hand_built_chart() {
     assert_eq!(proj.tree, expected);
     // Non-root nodes: (0,1), (2,3) and four words.
     assert!((proj.score - (0.9 + 0.8 + 4.0 * 0.1)).abs() < 1e-12);
+}
+
+#[test]
+fn sci_chart_from_span_vectors() {
+    // Spans inside the constituent (0 1) or (2 3) keep their direction without context; spans
+    // crossing the boundary turn by 90 degrees: the projection splits at the boundary.
+    let chart = sci_chart(4, |i, j| {
+        let inside = j < 2 || i >= 2;
+        let free = if inside { [1.0f32, 0.0] } else { [0.0, 1.0] };
+        cosine_similarity(&[1.0, 0.0], &free)
+    });
+    assert_eq!(chart[[1, 2]], 0.0);
+    assert_eq!(chart[[2, 3]], 1.0);
+    assert_eq!(
+        project_tree(&chart).tree.brackets(),
+        vec![(0, 1), (2, 3), (0, 3)]
+    );
+    assert!((cosine_similarity(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-12);
+    assert!((cosine_similarity(&[1.0, 0.0], &[-3.0, 0.0]) + 1.0).abs() < 1e-12);
+    assert!(mean_tscore(&[chart.clone(), chart]) > 0.0);
 }
 
 #[test]

@@ -370,11 +370,7 @@ impl ClosingAccuracy {
     }
 }
 
-/// The closing-bracket metric on one string, with `score_row(t)` the model's scores over the
-/// vocabulary for the token at position `t` (predicted from `tokens[..t]`, i.e. the LM output one
-/// position earlier). At each closing position whose opening bracket is at least `min_dist`
-/// tokens before it (`close - open >= min_dist`), only the `k` closing brackets are ranked; correct
-/// when the right one has the highest score (ties go to the lowest type, like `argmax`).
+/// The closing-bracket metric on one string given `score_row(t)`, the scores for position `t`.
 fn closing_accuracy_rows<'a, F: Fn(usize) -> &'a [f32]>(
     tokens: &[u16],
     k: usize,
@@ -417,8 +413,13 @@ fn closing_accuracy_rows<'a, F: Fn(usize) -> &'a [f32]>(
 }
 
 /// Closing-bracket accuracy of one string from per-position scores, shape `(T, V)` with
-/// `V >= 2k` (see [`closing_accuracy_rows`] for the alignment): `scores[t]` scores the token at
-/// position `t`.
+/// `V >= 2k` and column `k + i` the closing bracket of type `i`.
+///
+/// `scores[t]` scores the token at position `t`, i.e. it is predicted from `tokens[..t]` (the LM
+/// output one position earlier, after a start token at position 0). At each closing position
+/// whose opening bracket is at least `min_dist` tokens before it (`close - open >= min_dist`;
+/// paper [`PAPER_MIN_DIST`] = 10, official code 0), only the `k` closing brackets are ranked;
+/// correct when the right one has the highest score (ties go to the lowest type, like `argmax`).
 pub fn closing_bracket_accuracy(
     tokens: &[u16],
     scores: &[Vec<f32>],

@@ -158,15 +158,6 @@ impl GrammarTask {
             GrammarTask::Ti => ("PAST", "PRESENT"),
         }
     }
-
-    /// Parses `qf` / `ti`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "qf" => Some(GrammarTask::Qf),
-            "ti" => Some(GrammarTask::Ti),
-            _ => None,
-        }
-    }
 }
 
 /// One word of a generated sentence with what re-inflection needs.

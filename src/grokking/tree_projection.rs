@@ -124,16 +124,59 @@ pub fn tscore_exact(chart: &Array2<f64>) -> f64 {
 /// the sum over internal nodes `(i, j)` of the projected tree of
 /// `best split value - value of one split k ~ Uniform(i..j)`.
 pub fn tscore_one_split_estimate<R: Rng>(chart: &Array2<f64>, rng: &mut R) -> f64 {
-    let n = check_chart(chart);
     let proj = project_tree(chart);
     let mut total = 0.0;
     for (i, j) in proj.tree.brackets() {
-        debug_assert!(j < n);
         let (_, best) = best_split(chart, i, j);
         let k = rng.gen_range(i..j);
         total += best - split_value(chart, i, k, j);
     }
     total
+}
+
+/// The corpus tscore: the mean of [`tscore_exact`] over sentences (0 for no sentences).
+pub fn mean_tscore(charts: &[Array2<f64>]) -> f64 {
+    if charts.is_empty() {
+        return 0.0;
+    }
+    charts.iter().map(tscore_exact).sum::<f64>() / charts.len() as f64
+}
+
+/// Builds the `(n, n)` SCI chart by calling `sci(i, j)` for every span `i <= j`; entries below
+/// the diagonal are 0 and never read.
+pub fn sci_chart<F: FnMut(usize, usize) -> f64>(n: usize, mut sci: F) -> Array2<f64> {
+    let mut chart = Array2::zeros((n, n));
+    for i in 0..n {
+        for j in i..n {
+            chart[[i, j]] = sci(i, j);
+        }
+    }
+    chart
+}
+
+/// Cosine similarity of two vectors (the SCI of a span: its in-context representation, the sum
+/// of its tokens' last-layer states, against the same sum under [`context_free_mask`]).
+/// 0 when either vector is zero. Panics if the lengths differ.
+pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "cosine of vectors of lengths {} and {}",
+        a.len(),
+        b.len()
+    );
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64, y as f64);
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
 }
 
 /// Unlabelled bracketing precision, recall and F1.
