@@ -8,7 +8,7 @@ use attnlab::grokking::config::GrokkingExperiment;
 use attnlab::grokking::dyck::{
     self, closing_bracket_accuracy, closing_bracket_accuracy_nd, closing_pairs, is_balanced,
     max_nesting, sample_dyck, sample_dyck_unconditioned, structure, structure_split, DyckConfig,
-    ShortStrings, SplitCriterion, SplitSizes,
+    ShortStrings, SplitCriterion,
 };
 use attnlab::grokking::grammar::{
     self, grammar_split, qf_first_word_correct, ti_main_verb_correct, GrammarExample, GrammarTask,
@@ -20,6 +20,7 @@ use attnlab::grokking::tree_projection::{
     expected_random_tree_score, mean_tscore, project_tree, sci_chart, tparseval, tree_score,
     tscore_exact, tscore_one_split_estimate,
 };
+use attnlab::grokking::SplitSizes;
 use attnlab::rng::seeded;
 use ndarray::Array2;
 use proptest::prelude::*;
@@ -136,7 +137,7 @@ fn dyck_resampling_keeps_only_long_strings_in_proportion() {
 fn dyck_split_holds_out_structures_at_paper_size() {
     let cfg = DyckConfig::default();
     let k = cfg.bracket_types;
-    let sizes = SplitSizes::default();
+    let sizes = SplitSizes::DYCK_PAPER;
     let split = structure_split(&cfg, sizes, SplitCriterion::WholeString, 3).unwrap();
     assert_eq!(
         (split.train.len(), split.val.len(), split.gen.len()),
@@ -266,7 +267,7 @@ fn closing_bracket_metric_oracle_and_constant_scorer() {
 // ---------------------------------------------------------------- QF / TI
 
 fn small_split(task: GrammarTask, seed: u64) -> grammar::GrammarSplit {
-    let sizes = grammar::SplitSizes {
+    let sizes = SplitSizes {
         train: 3_000,
         val: 300,
         gen: 1_000,

@@ -8,6 +8,7 @@
 use super::config::GrokkingExperiment;
 use super::dyck::{self, DyckConfig, SplitCriterion};
 use super::grammar::{self, GrammarExample, GrammarTask};
+use super::SplitSizes;
 use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
@@ -116,19 +117,20 @@ fn check_configs(mut files: Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn sizes_or(a: &SampleArgs, train: usize, val: usize, gen: usize) -> Result<(usize, usize, usize)> {
-    let s = (
-        a.train_size.unwrap_or(train),
-        a.val_size.unwrap_or(val),
-        a.gen_size.unwrap_or(gen),
-    );
-    if s.0 == 0 {
+/// The split sizes from the size flags (defaulting to `paper`), checked against `--count`.
+fn sizes_from_flags(a: &SampleArgs, paper: SplitSizes) -> Result<SplitSizes> {
+    let sizes = SplitSizes {
+        train: a.train_size.unwrap_or(paper.train),
+        val: a.val_size.unwrap_or(paper.val),
+        gen: a.gen_size.unwrap_or(paper.gen),
+    };
+    if sizes.train == 0 {
         bail!("--train-size must be at least 1");
     }
     let len = match a.split {
-        SplitArg::Train => s.0,
-        SplitArg::Val => s.1,
-        SplitArg::Gen => s.2,
+        SplitArg::Train => sizes.train,
+        SplitArg::Val => sizes.val,
+        SplitArg::Gen => sizes.gen,
     };
     if a.count > len {
         bail!(
@@ -137,7 +139,7 @@ fn sizes_or(a: &SampleArgs, train: usize, val: usize, gen: usize) -> Result<(usi
             a.split
         );
     }
-    Ok(s)
+    Ok(sizes)
 }
 
 fn sample(a: &SampleArgs) -> Result<()> {
@@ -145,7 +147,7 @@ fn sample(a: &SampleArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(out.lock());
     match a.task {
         TaskArg::Dyck => {
-            let (train, val, gen) = sizes_or(a, 200_000, 20_000, 20_000)?;
+            let sizes = sizes_from_flags(a, SplitSizes::DYCK_PAPER)?;
             let cfg = DyckConfig {
                 bracket_types: a.bracket_types,
                 max_depth: a.max_depth,
@@ -158,12 +160,7 @@ fn sample(a: &SampleArgs) -> Result<()> {
                 CriterionArg::WholeString => SplitCriterion::WholeString,
                 CriterionArg::Segments => SplitCriterion::Segments,
             };
-            let split = dyck::structure_split(
-                &cfg,
-                dyck::SplitSizes { train, val, gen },
-                criterion,
-                a.seed,
-            )?;
+            let split = dyck::structure_split(&cfg, sizes, criterion, a.seed)?;
             let set = match a.split {
                 SplitArg::Train => &split.train,
                 SplitArg::Val => &split.val,
@@ -190,9 +187,8 @@ fn sample(a: &SampleArgs) -> Result<()> {
             } else {
                 GrammarTask::Ti
             };
-            let (train, val, gen) = sizes_or(a, 100_000, 1_000, 10_000)?;
-            let split =
-                grammar::grammar_split(task, grammar::SplitSizes { train, val, gen }, a.seed)?;
+            let sizes = sizes_from_flags(a, SplitSizes::GRAMMAR_PAPER)?;
+            let split = grammar::grammar_split(task, sizes, a.seed)?;
             let set = match a.split {
                 SplitArg::Train => &split.train,
                 SplitArg::Val => &split.val,

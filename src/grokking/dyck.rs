@@ -27,6 +27,7 @@
 //! assert_eq!(structure(&s, cfg.bracket_types).iter().filter(|&&o| o).count(), s.len() / 2);
 //! ```
 
+use super::SplitSizes;
 use crate::rng::{stream, Rng};
 use anyhow::{bail, Result};
 use rand::Rng as _;
@@ -223,24 +224,6 @@ pub fn max_nesting(tokens: &[u16], k: usize) -> usize {
         }
     }
     best
-}
-
-/// Sizes of the three sets (paper: 200k, 20k, 20k).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SplitSizes {
-    pub train: usize,
-    pub val: usize,
-    pub gen: usize,
-}
-
-impl Default for SplitSizes {
-    fn default() -> Self {
-        SplitSizes {
-            train: 200_000,
-            val: 20_000,
-            gen: 20_000,
-        }
-    }
 }
 
 /// Training, in-domain validation and generalisation strings.

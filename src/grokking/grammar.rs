@@ -28,7 +28,8 @@
 //! main auxiliary; TI: the nearest noun before the main verb differs in number from the subject).
 //!
 //! ```
-//! use attnlab::grokking::grammar::{grammar_split, GrammarTask, SplitSizes};
+//! use attnlab::grokking::grammar::{grammar_split, GrammarTask};
+//! use attnlab::grokking::SplitSizes;
 //! let sizes = SplitSizes { train: 50, val: 5, gen: 5 };
 //! let split = grammar_split(GrammarTask::Qf, sizes, 7).unwrap();
 //! let g = &split.gen[0];
@@ -37,6 +38,7 @@
 //! ```
 
 use super::tree::BinaryTree;
+use super::SplitSizes;
 use crate::rng::{stream, Rng};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
@@ -442,24 +444,6 @@ fn present_nearest(words: &[Word]) -> Vec<&'static str> {
             _ => w.text,
         })
         .collect()
-}
-
-/// Sizes of the three sets (paper: 100k, 1k, 10k).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SplitSizes {
-    pub train: usize,
-    pub val: usize,
-    pub gen: usize,
-}
-
-impl Default for SplitSizes {
-    fn default() -> Self {
-        SplitSizes {
-            train: 100_000,
-            val: 1_000,
-            gen: 10_000,
-        }
-    }
 }
 
 /// Training, in-domain validation and generalisation examples.

@@ -8,3 +8,26 @@ pub mod dyck;
 pub mod grammar;
 pub mod tree;
 pub mod tree_projection;
+
+/// Sizes of the training, in-domain validation and generalisation sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitSizes {
+    pub train: usize,
+    pub val: usize,
+    pub gen: usize,
+}
+
+impl SplitSizes {
+    /// The paper's Dyck sizes: 200k / 20k / 20k.
+    pub const DYCK_PAPER: SplitSizes = SplitSizes {
+        train: 200_000,
+        val: 20_000,
+        gen: 20_000,
+    };
+    /// The paper's question-formation and tense-inflection sizes: 100k / 1k / 10k.
+    pub const GRAMMAR_PAPER: SplitSizes = SplitSizes {
+        train: 100_000,
+        val: 1_000,
+        gen: 10_000,
+    };
+}
