@@ -43,13 +43,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
     fn dyck_strings_are_balanced_within_depth(
-        seed in 0u64..1_000_000, k in 1usize..6, m in 1usize..7, reject_end in any::<bool>()
+        seed in 0u64..1_000_000, k in 1usize..6, m in 1usize..7, reject_end in any::<bool>(),
+        max_len in proptest::option::of(4usize..40)
     ) {
         let cfg = DyckConfig {
             bracket_types: k,
             max_depth: m,
             min_len: 4,
             short_strings: if reject_end { ShortStrings::RejectEnd } else { ShortStrings::Resample },
+            max_len,
         };
         let mut rng = seeded(seed);
         for _ in 0..20 {
@@ -57,6 +59,7 @@ proptest! {
             prop_assert!(is_balanced(&s, k, m), "unbalanced or too deep: {s:?}");
             prop_assert!(max_nesting(&s, k) <= m);
             prop_assert!(s.len() >= 4);
+            prop_assert!(max_len.is_none_or(|l| s.len() <= l));
             prop_assert_eq!(closing_pairs(&s, k).len(), s.len() / 2);
         }
     }

@@ -84,6 +84,9 @@ pub struct SampleArgs {
     /// Dyck maximum depth m.
     #[arg(long, default_value_t = 10)]
     pub max_depth: usize,
+    /// Dyck: resample strings longer than this many tokens (default: no limit).
+    #[arg(long)]
+    pub max_len: Option<usize>,
     /// Dyck split criterion.
     #[arg(long, value_enum, default_value = "whole-string")]
     pub criterion: CriterionArg,
@@ -151,10 +154,11 @@ fn sample(a: &SampleArgs) -> Result<()> {
             let cfg = DyckConfig {
                 bracket_types: a.bracket_types,
                 max_depth: a.max_depth,
+                max_len: a.max_len,
                 ..DyckConfig::default()
             };
             if let Err(e) = cfg.validate() {
-                bail!("--bracket-types / --max-depth: {e}");
+                bail!("--bracket-types / --max-depth / --max-len: {e}");
             }
             let criterion = match a.criterion {
                 CriterionArg::WholeString => SplitCriterion::WholeString,

@@ -5,7 +5,7 @@
 //! Unknown keys are errors (`deny_unknown_fields`), and [`GrokkingExperiment::validate`] checks
 //! ranges, naming the field.
 
-use super::dyck::{ShortStrings, SplitCriterion};
+use super::dyck::{DyckConfig, ShortStrings, SplitCriterion};
 use crate::config::{load_toml, require};
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -76,6 +76,22 @@ pub struct DyckDataConfig {
     pub min_len: usize,
     pub short_strings: ShortStrings,
     pub split: SplitCriterion,
+    /// Resample strings longer than this (absent: no limit, as the paper).
+    #[serde(default)]
+    pub max_len: Option<usize>,
+}
+
+impl DyckDataConfig {
+    /// The sampler's parameters.
+    pub fn sampler(&self) -> DyckConfig {
+        DyckConfig {
+            bracket_types: self.bracket_types,
+            max_depth: self.max_depth,
+            min_len: self.min_len,
+            short_strings: self.short_strings,
+            max_len: self.max_len,
+        }
+    }
 }
 
 /// Where LayerNorm sits.
@@ -191,12 +207,9 @@ impl Preset {
             "give [data.dyck] for Dyck experiments and only for them",
         )?;
         if let Some(k) = &d.dyck {
-            require(
-                k.bracket_types >= 1,
-                "data.dyck.bracket_types",
-                "must be >= 1",
-            )?;
-            require(k.max_depth >= 1, "data.dyck.max_depth", "must be >= 1")?;
+            k.sampler()
+                .validate()
+                .map_err(|e| anyhow::anyhow!("invalid value in [data.dyck]: {e}"))?;
         }
         let m = &self.model;
         require(m.d_model >= 1, "model.d_model", "must be >= 1")?;

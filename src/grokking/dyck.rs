@@ -66,6 +66,9 @@ pub struct DyckConfig {
     /// Minimum length in tokens (4).
     pub min_len: usize,
     pub short_strings: ShortStrings,
+    /// Longer strings are resampled whole (`None`: no limit, as the paper and the code). A
+    /// CPU-scale knob: unbounded strings reach ~1000 tokens.
+    pub max_len: Option<usize>,
 }
 
 impl Default for DyckConfig {
@@ -75,6 +78,7 @@ impl Default for DyckConfig {
             max_depth: 10,
             min_len: 4,
             short_strings: ShortStrings::Resample,
+            max_len: None,
         }
     }
 }
@@ -93,6 +97,14 @@ impl DyckConfig {
         }
         if self.min_len > 10_000 {
             bail!("min_len must be at most 10000, got {}", self.min_len);
+        }
+        if let Some(m) = self.max_len {
+            if m < self.min_len.max(2) {
+                bail!(
+                    "max_len must be at least min_len = {} (and 2), got {m}",
+                    self.min_len
+                );
+            }
         }
         Ok(())
     }
@@ -160,16 +172,16 @@ fn sample_with_min(cfg: &DyckConfig, min_len: usize, rng: &mut Rng) -> Vec<u16> 
     }
 }
 
-/// One Dyck string of length at least `cfg.min_len`.
+/// One Dyck string of length at least `cfg.min_len` (and at most `cfg.max_len`).
 pub fn sample_dyck(cfg: &DyckConfig, rng: &mut Rng) -> Vec<u16> {
-    match cfg.short_strings {
-        ShortStrings::RejectEnd => sample_with_min(cfg, cfg.min_len, rng),
-        ShortStrings::Resample => loop {
-            let s = sample_with_min(cfg, 0, rng);
-            if s.len() >= cfg.min_len {
-                return s;
-            }
-        },
+    loop {
+        let s = match cfg.short_strings {
+            ShortStrings::RejectEnd => sample_with_min(cfg, cfg.min_len, rng),
+            ShortStrings::Resample => sample_with_min(cfg, 0, rng),
+        };
+        if s.len() >= cfg.min_len && cfg.max_len.is_none_or(|m| s.len() <= m) {
+            return s;
+        }
     }
 }
 
