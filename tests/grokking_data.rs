@@ -601,6 +601,42 @@ fn context_free_mask_restricts_only_span_rows() {
     assert!(m[[5, 1]], "a row after the span is plain causal");
 }
 
+// ---------------------------------------------------------------- model internals
+
+#[test]
+fn attention_sparsity_of_uniform_and_one_hot_maps() {
+    use attnlab::grokking::internals::{weight_norm, AttentionSparsity};
+    let t = 6;
+    // Uniform causal rows: row q has entropy ln(q + 1).
+    let uniform = Array2::from_shape_fn(
+        (t, t),
+        |(q, k)| {
+            if k <= q {
+                1.0 / (q + 1) as f32
+            } else {
+                0.0
+            }
+        },
+    );
+    let mut s = AttentionSparsity::default();
+    s.add_map(uniform.view()).unwrap();
+    let expected = -(0..t).map(|q| ((q + 1) as f64).ln()).sum::<f64>() / t as f64;
+    assert!(
+        (s.value() - expected).abs() < 1e-6,
+        "{} vs {expected}",
+        s.value()
+    );
+    // Attending to the start token only: entropy 0, sparser than uniform.
+    let start_only = Array2::from_shape_fn((t, t), |(_, k)| if k == 0 { 1.0f32 } else { 0.0 });
+    let mut sparse = AttentionSparsity::default();
+    sparse.add_map(start_only.view()).unwrap();
+    assert_eq!(sparse.value(), 0.0);
+    assert!(sparse.value() > s.value());
+    assert!(s.add_map(Array2::<f32>::zeros((2, 3)).view()).is_err());
+    // ||(3, 4, 12)|| = 13 over 2 layers.
+    assert!((weight_norm([&[3.0f32, 4.0][..], &[12.0][..]], 2) - 6.5).abs() < 1e-12);
+}
+
 // ---------------------------------------------------------------- configs and CLI
 
 #[test]
