@@ -1,0 +1,258 @@
+//! Tree projections (Murty, Sharma, Andreas, Manning, ICLR 2023): from a chart of span scores to
+//! the projected tree, its tscore, and tparseval against gold trees; plus the context-free
+//! attention mask under which a span's representation is computed.
+//!
+//! **Chart.** `chart[[i, j]]` (shape `(n, n)`, only `i <= j` read) is the SCI score of the inclusive
+//! word span `(i, j)`: the cosine similarity between the span's representation in context and its
+//! context-free representation (computed by the model code with [`context_free_mask`]).
+//!
+//! **Tree score.** `S(T) = sum of chart[[i, j]] over every node (i, j) of T except the root`,
+//! single words included. This is the quantity the official `tree_projection` accumulates (each
+//! internal node adds its two children's scores) and what `approximation_error` computes. The
+//! root and the single words are in every tree, so they shift every `S(T)` by the same constant
+//! and never change which tree wins or the tscore.
+//!
+//! **Projection.** Top-down: the span `(i, j)` splits at the `k` in `i..j` maximising
+//! `chart[[i, k]] + chart[[k + 1, j]]` (first maximum on ties, as the code's strict `>`), then
+//! each half recursively. This greedy tree need not maximise `S(T)`.
+//!
+//! **tscore.** `S(T_proj) - E_T[S(T)]` for `T` drawn by uniformly random split points:
+//! [`expected_random_tree_score`] computes the expectation exactly by dynamic programming in
+//! `O(n^3)`; [`tscore_one_split_estimate`] is the official code's estimator (at each node of the
+//! projected tree, subtract the value of one uniformly random split of the same span), which has a
+//! different expectation in general but agrees on charts that ignore structure.
+//!
+//! ```
+//! use attnlab::grokking::tree_projection::{project_tree, tscore_exact};
+//! use ndarray::Array2;
+//! let chart = Array2::from_elem((5, 5), 0.7);
+//! assert!(tscore_exact(&chart).abs() < 1e-12); // a constant chart has no preferred structure
+//! assert_eq!(project_tree(&chart).tree.len(), 5);
+//! ```
+
+use super::tree::BinaryTree;
+use ndarray::Array2;
+use rand::Rng;
+
+/// A projected tree and its score `S(T_proj)`.
+#[derive(Clone, Debug)]
+pub struct ProjectedTree {
+    pub tree: BinaryTree,
+    pub score: f64,
+}
+
+fn split_value(chart: &Array2<f64>, i: usize, k: usize, j: usize) -> f64 {
+    chart[[i, k]] + chart[[k + 1, j]]
+}
+
+fn check_chart(chart: &Array2<f64>) -> usize {
+    let (n, m) = chart.dim();
+    assert!(
+        n == m && n > 0,
+        "the chart must be square (n, n) with n > 0, got ({n}, {m})"
+    );
+    n
+}
+
+/// The greedy top-down tree projection of `chart` (shape `(n, n)`).
+pub fn project_tree(chart: &Array2<f64>) -> ProjectedTree {
+    let n = check_chart(chart);
+    project_span(chart, 0, n - 1)
+}
+
+fn best_split(chart: &Array2<f64>, i: usize, j: usize) -> (usize, f64) {
+    let mut best = (i, f64::NEG_INFINITY);
+    for k in i..j {
+        let v = split_value(chart, i, k, j);
+        if v > best.1 {
+            best = (k, v);
+        }
+    }
+    best
+}
+
+fn project_span(chart: &Array2<f64>, i: usize, j: usize) -> ProjectedTree {
+    if i == j {
+        return ProjectedTree {
+            tree: BinaryTree::Leaf(i),
+            score: 0.0,
+        };
+    }
+    let (k, v) = best_split(chart, i, j);
+    let l = project_span(chart, i, k);
+    let r = project_span(chart, k + 1, j);
+    ProjectedTree {
+        tree: BinaryTree::node(l.tree, r.tree),
+        score: v + l.score + r.score,
+    }
+}
+
+/// `S(T)`: the chart summed over every node of `tree` except the root (words included).
+pub fn tree_score(chart: &Array2<f64>, tree: &BinaryTree) -> f64 {
+    check_chart(chart);
+    let root = tree.span();
+    tree.all_spans()
+        .into_iter()
+        .filter(|s| *s != root)
+        .map(|(i, j)| chart[[i, j]])
+        .sum()
+}
+
+/// `E_T[S(T)]` over trees with uniformly random split points, exactly:
+/// `E(i, j) = mean over k of [chart(i, k) + chart(k+1, j) + E(i, k) + E(k+1, j)]`, `E(i, i) = 0`.
+pub fn expected_random_tree_score(chart: &Array2<f64>) -> f64 {
+    let n = check_chart(chart);
+    let mut e = Array2::<f64>::zeros((n, n));
+    for len in 2..=n {
+        for i in 0..=n - len {
+            let j = i + len - 1;
+            let total: f64 = (i..j)
+                .map(|k| split_value(chart, i, k, j) + e[[i, k]] + e[[k + 1, j]])
+                .sum();
+            e[[i, j]] = total / (len - 1) as f64;
+        }
+    }
+    e[[0, n - 1]]
+}
+
+/// tscore of one sentence: `S(T_proj) - E_T[S(T)]`, with the expectation computed exactly.
+pub fn tscore_exact(chart: &Array2<f64>) -> f64 {
+    project_tree(chart).score - expected_random_tree_score(chart)
+}
+
+/// tscore of one sentence as the official code estimates it (`tree_projection(..., normalize=True)`):
+/// the sum over internal nodes `(i, j)` of the projected tree of
+/// `best split value - value of one split k ~ Uniform(i..j)`.
+pub fn tscore_one_split_estimate<R: Rng>(chart: &Array2<f64>, rng: &mut R) -> f64 {
+    let proj = project_tree(chart);
+    let mut total = 0.0;
+    for (i, j) in proj.tree.brackets() {
+        let (_, best) = best_split(chart, i, j);
+        let k = rng.gen_range(i..j);
+        total += best - split_value(chart, i, k, j);
+    }
+    total
+}
+
+/// The corpus tscore: the mean of [`tscore_exact`] over sentences (0 for no sentences).
+pub fn mean_tscore(charts: &[Array2<f64>]) -> f64 {
+    if charts.is_empty() {
+        return 0.0;
+    }
+    charts.iter().map(tscore_exact).sum::<f64>() / charts.len() as f64
+}
+
+/// Builds the `(n, n)` SCI chart by calling `sci(i, j)` for every span `i <= j`; entries below
+/// the diagonal are 0 and never read.
+pub fn sci_chart<F: FnMut(usize, usize) -> f64>(n: usize, mut sci: F) -> Array2<f64> {
+    let mut chart = Array2::zeros((n, n));
+    for i in 0..n {
+        for j in i..n {
+            chart[[i, j]] = sci(i, j);
+        }
+    }
+    chart
+}
+
+/// Cosine similarity of two vectors (the SCI of a span: its in-context representation, the sum
+/// of its tokens' last-layer states, against the same sum under [`context_free_mask`]).
+/// 0 when either vector is zero. Panics if the lengths differ.
+pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "cosine of vectors of lengths {} and {}",
+        a.len(),
+        b.len()
+    );
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64, y as f64);
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}
+
+/// Unlabelled bracketing precision, recall and F1.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Bracketing {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// tparseval: bracketing F1 of `predicted` against `gold` trees, pooled over the corpus (matched
+/// brackets over all sentences divided by all predicted, resp. gold, brackets), as the official
+/// `get_parsing_accuracy`. Brackets are internal-node spans, root included, single words
+/// excluded ([`BinaryTree::brackets`]); binary trees over the same `n` words both have `n - 1`,
+/// so precision = recall = F1. Panics if the two lists differ in length.
+pub fn tparseval(predicted: &[BinaryTree], gold: &[BinaryTree]) -> Bracketing {
+    assert_eq!(
+        predicted.len(),
+        gold.len(),
+        "tparseval needs one gold tree per predicted tree"
+    );
+    let (mut matched, mut n_pred, mut n_gold) = (0usize, 0usize, 0usize);
+    for (p, g) in predicted.iter().zip(gold) {
+        let (pb, gb) = (p.bracket_set(), g.bracket_set());
+        matched += pb.intersection(&gb).count();
+        n_pred += pb.len();
+        n_gold += gb.len();
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let (precision, recall) = (ratio(matched, n_pred), ratio(matched, n_gold));
+    let f1 = if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
+    };
+    Bracketing {
+        precision,
+        recall,
+        f1,
+    }
+}
+
+/// The context-free attention mask for a span, shape `(seq_len, seq_len)`, `true` = query row may
+/// attend to key column. Position 0 is the start token; the span is the inclusive token range
+/// `first..=last` (for word span `(i, j)` of a sentence after one start token: `(i + 1, j + 1)`).
+///
+/// Every row is causal (`key <= query`); a row inside the span may further attend only to the
+/// start token and to span tokens. Rows outside the span are plain causal. The official code
+/// (`mask_all_possible` with `start_relax_layer = 0`) instead applies the key mask
+/// [`context_free_key_mask`] to every row in every layer and discards the other rows' states; in a
+/// causal model the span rows, and so the span's representation, are identical either way.
+/// Panics unless `1 <= first <= last < seq_len`.
+pub fn context_free_mask(seq_len: usize, first: usize, last: usize) -> Array2<bool> {
+    assert!(
+        1 <= first && first <= last && last < seq_len,
+        "span {first}..={last} must lie inside 1..{seq_len} (position 0 is the start token)"
+    );
+    Array2::from_shape_fn((seq_len, seq_len), |(q, k)| {
+        k <= q && (!(first..=last).contains(&q) || k == 0 || (first..=last).contains(&k))
+    })
+}
+
+/// [`context_free_mask`] as an additive mask: `0.0` where allowed, `-inf` where masked.
+pub fn context_free_additive_mask(seq_len: usize, first: usize, last: usize) -> Array2<f32> {
+    context_free_mask(seq_len, first, last).mapv(|ok| if ok { 0.0 } else { f32::NEG_INFINITY })
+}
+
+/// The official code's per-key form, length `seq_len`: `true` = key masked out (tokens strictly
+/// between the start token and the span, and after the span), to be combined with the causal
+/// mask for every query row.
+pub fn context_free_key_mask(seq_len: usize, first: usize, last: usize) -> Vec<bool> {
+    assert!(
+        1 <= first && first <= last && last < seq_len,
+        "span {first}..={last} must lie inside 1..{seq_len} (position 0 is the start token)"
+    );
+    (0..seq_len)
+        .map(|k| k != 0 && !(first..=last).contains(&k))
+        .collect()
+}
