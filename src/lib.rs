@@ -11,6 +11,7 @@
 pub mod config;
 pub mod figures;
 pub mod grokking;
+pub mod interrupt;
 pub mod io;
 pub mod lego;
 pub mod nn;

@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
+    attnlab::interrupt::install();
     match cli.cmd {
         Cmd::Sts(a) => attnlab::sts::cli::run(a),
         Cmd::Figures(a) => attnlab::figures::run(a),

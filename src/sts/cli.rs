@@ -213,7 +213,12 @@ fn train(a: TrainArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("runs/sts/{name}-{preset}-seed{}", cfg.seed)));
     let total = cfg.transformer.as_ref().map_or(0, |t| t.steps) as u64;
     let bar = crate::progress::bar(total, &format!("sts train {name} ({preset})"), a.json);
-    let summary = super::train::run(&cfg, &out, &mut |s| bar.set_position(s as u64))?;
+    let summary = super::train::run(
+        &cfg,
+        &out,
+        &mut |s| bar.set_position(s as u64),
+        &crate::interrupt::requested,
+    )?;
     bar.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);

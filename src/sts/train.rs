@@ -8,10 +8,10 @@ use super::model::{ExactTransformer, Real};
 use super::task::{fixed_table, sample_batch, Batch, Encoding, TaskConfig};
 use super::theory::{EncodingSample, Estimate};
 use crate::config::{load_toml, require};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Float type of the exact transformer's training arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -269,10 +269,43 @@ fn to_f64<F: Real>(m: &ExactTransformer<F>) -> ExactTransformer<f64> {
     }
 }
 
+/// Where a run keeps its resumable state, how often it saves it, and when to stop early.
+pub struct Checkpointing<'a> {
+    /// The checkpoint file (JSON, written atomically).
+    pub path: PathBuf,
+    /// Save every this many steps (and whenever the run stops).
+    pub every: usize,
+    /// Polled after every step: true stops the run after saving (Ctrl-C).
+    pub stop: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// Everything needed to continue a transformer run exactly where it stopped.
+#[derive(Serialize, Deserialize)]
+struct TransformerCheckpoint {
+    /// The run's config as JSON: a checkpoint resumes only the run that wrote it.
+    config: String,
+    step: usize,
+    w: Vec<f64>,
+    pred_c: f64,
+    next_eval: usize,
+    curve: Vec<CurvePoint>,
+    rng: crate::rng::Rng,
+}
+
 /// Trains the exact transformer as configured; `on_step` is called after every step (progress).
 pub fn train_transformer(
     cfg: &RunConfig,
     on_step: &mut dyn FnMut(usize),
+) -> Result<TransformerResult> {
+    train_transformer_resumable(cfg, on_step, None)
+}
+
+/// Like [`train_transformer`], saving its state as `ckpt` says and resuming from it when the file
+/// exists: an interrupted run continues to bit-identical results.
+pub fn train_transformer_resumable(
+    cfg: &RunConfig,
+    on_step: &mut dyn FnMut(usize),
+    ckpt: Option<&Checkpointing>,
 ) -> Result<TransformerResult> {
     cfg.validate()?;
     let tc = cfg
@@ -280,8 +313,8 @@ pub fn train_transformer(
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no `[transformer]` table in the config"))?;
     match tc.precision {
-        Precision::F64 => train_transformer_in::<f64>(cfg, tc, on_step),
-        Precision::F32 => train_transformer_in::<f32>(cfg, tc, on_step),
+        Precision::F64 => train_transformer_in::<f64>(cfg, tc, on_step, ckpt),
+        Precision::F32 => train_transformer_in::<f32>(cfg, tc, on_step, ckpt),
     }
 }
 
@@ -289,6 +322,7 @@ fn train_transformer_in<F: Real>(
     cfg: &RunConfig,
     tc: &TransformerConfig,
     on_step: &mut dyn FnMut(usize),
+    ckpt: Option<&Checkpointing>,
 ) -> Result<TransformerResult> {
     let task = &cfg.task;
     let table = (task.encoding == Encoding::Fixed).then(|| fixed_table(cfg.seed, task.t, task.de));
@@ -311,7 +345,55 @@ fn train_transformer_in<F: Real>(
     let mut pred_c = tc.init_c;
     let mut curve = Vec::with_capacity(eval_at.len());
     let mut next_eval = 0;
-    for step in 0..=tc.steps {
+    let mut start = 0;
+    let config_json = serde_json::to_string(cfg)?;
+    if let Some(ck) = ckpt.filter(|ck| ck.path.exists()) {
+        let text = std::fs::read_to_string(&ck.path)
+            .with_context(|| format!("reading checkpoint `{}`", ck.path.display()))?;
+        let saved: TransformerCheckpoint = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "checkpoint `{}` is damaged: delete it to start over",
+                ck.path.display()
+            )
+        })?;
+        if saved.config != config_json {
+            bail!(
+                "checkpoint `{}` belongs to a different config: use another run directory (--out) or delete it",
+                ck.path.display()
+            );
+        }
+        model.w =
+            Array2::from_shape_vec(model.w.dim(), saved.w.iter().map(|&v| F::of(v)).collect())?;
+        (start, pred_c, next_eval, curve, train_rng) = (
+            saved.step,
+            saved.pred_c,
+            saved.next_eval,
+            saved.curve,
+            saved.rng,
+        );
+    }
+    let save = |step: usize,
+                model: &ExactTransformer<F>,
+                pred_c: f64,
+                next_eval: usize,
+                curve: &[CurvePoint],
+                rng: &crate::rng::Rng|
+     -> Result<()> {
+        if let Some(ck) = ckpt {
+            let state = TransformerCheckpoint {
+                config: config_json.clone(),
+                step,
+                w: model.w.iter().map(|v| v.f64()).collect(),
+                pred_c,
+                next_eval,
+                curve: curve.to_vec(),
+                rng: rng.clone(),
+            };
+            crate::io::write_json(&ck.path, &state)?;
+        }
+        Ok(())
+    };
+    for step in start..=tc.steps {
         if eval_at.get(next_eval) == Some(&step) {
             next_eval += 1;
             let m64 = to_f64(&model);
@@ -348,6 +430,19 @@ fn train_transformer_in<F: Real>(
         };
         pred_c -= tc.lr / task.de as f64 * theory.at(pred_c).slope;
         on_step(step + 1);
+        if let Some(ck) = ckpt {
+            let stop = (ck.stop)();
+            if stop || (step + 1) % ck.every.max(1) == 0 || step + 1 == tc.steps {
+                save(step + 1, &model, pred_c, next_eval, &curve, &train_rng)?;
+            }
+            if stop {
+                bail!(
+                    "interrupted after step {}; state saved to `{}`: rerun the same command to resume",
+                    step + 1,
+                    ck.path.display()
+                );
+            }
+        }
     }
     Ok(TransformerResult {
         curve,
@@ -401,14 +496,27 @@ impl From<&TransformerResult> for TransformerSummary {
 }
 
 /// Runs whatever the config trains and writes the curve(s) and summary into `out_dir`.
-pub fn run(cfg: &RunConfig, out_dir: &Path, on_step: &mut dyn FnMut(usize)) -> Result<RunSummary> {
+/// The transformer's state is checkpointed in `out_dir` every 5% of the run and when `stop` says so;
+/// rerunning with the same config and directory resumes.
+pub fn run(
+    cfg: &RunConfig,
+    out_dir: &Path,
+    on_step: &mut dyn FnMut(usize),
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<RunSummary> {
     cfg.validate()?;
     let mut summary = RunSummary {
         transformer: None,
         fcn: None,
     };
     if cfg.transformer.is_some() {
-        let r = train_transformer(cfg, on_step)?;
+        let steps = cfg.transformer.as_ref().map_or(1, |t| t.steps);
+        let ck = Checkpointing {
+            path: out_dir.join("checkpoint.json"),
+            every: (steps / 20).max(1),
+            stop,
+        };
+        let r = train_transformer_resumable(cfg, on_step, Some(&ck))?;
         let header = [
             "step",
             "loss",
