@@ -196,8 +196,6 @@ pub struct MimicConfig {
     pub local_head: usize,
     /// Head of every layer trained towards the association map (official 1).
     pub association_head: usize,
-    /// Batch size of the LEGO fine-tuning that follows (official `train_mimic.py`: 400).
-    pub finetune_batch_size: usize,
 }
 
 /// Architecture of a compared model.
