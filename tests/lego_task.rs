@@ -20,7 +20,7 @@ use std::process::Command;
 /// first malformed clause.
 fn solve(tokens: &[u32]) -> Result<HashMap<u32, i8>, String> {
     let t = tokens.len();
-    if t < 2 || tokens[0] != CLS || tokens[t - 1] != SEP || (t - 2) % 5 != 0 {
+    if t < 2 || tokens[0] != CLS || tokens[t - 1] != SEP || !(t - 2).is_multiple_of(5) {
         return Err(format!("bad frame: {tokens:?}"));
     }
     let clauses: Vec<&[u32]> = tokens[1..t - 1].chunks(5).collect();

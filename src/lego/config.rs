@@ -406,7 +406,7 @@ impl Preset {
         let m = &self.model;
         require(m.layers > 0, "model.layers", "must be > 0")?;
         require(
-            m.heads > 0 && m.hidden % m.heads == 0,
+            m.heads > 0 && m.hidden.is_multiple_of(m.heads),
             "model.heads",
             format!("{} must divide model.hidden = {}", m.heads, m.hidden),
         )?;
@@ -444,7 +444,7 @@ impl Preset {
             require(!c.configs.is_empty(), "convolution.configs", "empty")?;
             for cc in &c.configs {
                 require(
-                    cc.kernel_size % 2 == 1,
+                    !cc.kernel_size.is_multiple_of(2),
                     "convolution.configs.kernel_size",
                     format!("config `{}`: must be odd (centred window)", cc.label),
                 )?;
