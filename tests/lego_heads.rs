@@ -1,8 +1,9 @@
 //! Head-analysis invariants: scores of hand-built attention maps are exact, the mimicking
-//! targets match a hand computation of the official recipe, and the KL helpers agree with
-//! closed forms.
+//! targets match a hand computation of the official recipe, the KL helpers agree with
+//! closed forms, and FLOP counts of fixed heads match their closed forms.
 
 use approx::assert_abs_diff_eq;
+use attnlab::lego::flops::{encoder_flops, flop_saving, layer_flops, EncoderShape};
 use attnlab::lego::heads::{
     association_score, association_target, clause_locality_score, kl_target_attention,
     local_target, mimicking_loss, row_kl, score_heads, smooth_rows, uniform_attention,
@@ -279,4 +280,31 @@ fn score_heads_walks_every_layer_and_head() {
         5.0 / t as f64,
         epsilon = 1e-6
     );
+}
+
+#[test]
+fn flop_counts_match_closed_forms() {
+    let (d, t) = (768u64, 62u64);
+    let bert = EncoderShape {
+        layers: 12,
+        hidden: d,
+        heads: 12,
+        ffn: 4 * d,
+    };
+    let vanilla = 24 * t * d * d + 4 * t * t * d;
+    assert_eq!(layer_flops(&bert, t, 0).unwrap().total(), vanilla);
+    assert_eq!(encoder_flops(&bert, t, 0).unwrap(), 12 * vanilla);
+    // every head fixed: the query/key projections (4 T d^2) and the scores (2 T^2 d) vanish
+    let all_fixed = layer_flops(&bert, t, 12).unwrap();
+    assert_eq!(all_fixed.query_key_projection + all_fixed.scores, 0);
+    assert_eq!(all_fixed.total(), vanilla - 4 * t * d * d - 2 * t * t * d);
+    let saving = flop_saving(&bert, t, 12).unwrap();
+    let expected = (4 * t * d * d + 2 * t * t * d) as f64 / vanilla as f64;
+    assert_abs_diff_eq!(saving, expected, epsilon = 1e-12);
+    // each fixed head saves the same amount
+    let s1 = flop_saving(&bert, t, 1).unwrap();
+    assert_abs_diff_eq!(flop_saving(&bert, t, 6).unwrap(), 6.0 * s1, epsilon = 1e-12);
+    assert!(layer_flops(&bert, t, 13).is_err());
+    let odd = EncoderShape { heads: 5, ..bert };
+    assert!(layer_flops(&odd, t, 0).is_err());
 }
