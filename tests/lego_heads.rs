@@ -6,8 +6,8 @@ use approx::assert_abs_diff_eq;
 use attnlab::lego::flops::{encoder_flops, flop_saving, layer_flops, EncoderShape};
 use attnlab::lego::heads::{
     association_score, association_target, clause_locality_score, kl_target_attention,
-    local_target, mimicking_loss, row_kl, score_heads, smooth_rows, uniform_attention,
-    variable_association_score, window_locality_score,
+    local_target, mimic_targets, mimicking_loss, row_kl, score_heads, smooth_rows,
+    uniform_attention, variable_association_score, window_locality_score,
 };
 use attnlab::lego::task::{sample_sentences, LegoSentence, TaskSpec};
 use ndarray::{array, Array2, Array4};
@@ -307,4 +307,19 @@ fn flop_counts_match_closed_forms() {
     assert!(layer_flops(&bert, t, 13).is_err());
     let odd = EncoderShape { heads: 5, ..bert };
     assert!(layer_flops(&odd, t, 0).is_err());
+}
+
+#[test]
+fn mimic_targets_cover_a_batch() {
+    let sentences = sample_sentences(&TaskSpec::shuffled(5), 3, 8).unwrap();
+    let batch = attnlab::lego::task::LegoBatch::new(&sentences, 5).unwrap();
+    let (local, assoc) = mimic_targets(batch.tokens.view());
+    assert_eq!(local, local_target(27));
+    assert_eq!(assoc.dim(), (3, 27, 27));
+    for (i, s) in sentences.iter().enumerate() {
+        assert_eq!(
+            assoc.slice(ndarray::s![i, .., ..]),
+            association_target(&s.tokens)
+        );
+    }
 }

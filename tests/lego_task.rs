@@ -9,7 +9,7 @@ use attnlab::lego::task::{
     sample_sentences, seq_len, token_id, token_str, train_test_split, LegoBatch, LegoSentence,
     TaskSpec, CLS, COMMA, EQ, NOT, ONE, PAD, SEP, VAL, ZERO,
 };
-use attnlab::lego::variants::Variant;
+use attnlab::lego::variants::{sample_mixture, Variant};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -483,4 +483,21 @@ fn cli_bad_input_names_the_flag() {
         assert!(err.contains(flag), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
+}
+
+#[test]
+fn mixtures_follow_their_weights() {
+    let mix = [(Variant::ChainOrder, 0.9), (Variant::Shuffled, 0.1)];
+    let sentences = sample_mixture(&mix, 6, 4000, 21).unwrap();
+    assert_eq!(sentences, sample_mixture(&mix, 6, 4000, 21).unwrap());
+    let identity: Vec<usize> = (0..6).collect();
+    // shuffled sentences are in chain order with probability 1/720, so this counts ~chain_order
+    let ordered = sentences.iter().filter(|s| s.order == identity).count() as f64 / 4000.0;
+    assert!((ordered - 0.9).abs() < 0.02, "ordered fraction {ordered}");
+    for s in &sentences {
+        assert_eq!(check_sentence(s), Ok(()));
+    }
+    assert!(sample_mixture(&[], 6, 1, 0).is_err());
+    assert!(sample_mixture(&[(Variant::Shuffled, 0.0)], 6, 1, 0).is_err());
+    assert!(sample_mixture(&[(Variant::Shuffled, -1.0)], 6, 1, 0).is_err());
 }

@@ -34,7 +34,7 @@
 
 use crate::lego::task::{is_name, CLAUSE_LEN};
 use anyhow::{bail, Result};
-use ndarray::{Array2, ArrayView2, ArrayView4};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView4};
 use serde::{Deserialize, Serialize};
 
 /// Weights of the official local mimicking kernel, centred on the diagonal (offsets -2..=2).
@@ -253,4 +253,18 @@ pub fn kl_target_attention(target: ArrayView2<f32>, attn: ArrayView2<f32>) -> Re
 /// 0.010 nats a row for T = 12 and 0.073 for T = 62).
 pub fn mimicking_loss(attn: ArrayView2<f32>, target: ArrayView2<f32>) -> Result<f64> {
     row_kl(smooth_rows(attn, MIMIC_EPS).view(), target)
+}
+
+/// Mimicking targets for a batch of equal-length sentences `tokens` `(B, T)`: the local map
+/// `(T, T)` shared by all, and one association map per sentence `(B, T, T)`.
+pub fn mimic_targets(tokens: ArrayView2<u32>) -> (Array2<f32>, Array3<f32>) {
+    let (b, t) = tokens.dim();
+    let mut association = Array3::<f32>::zeros((b, t, t));
+    for (i, row) in tokens.rows().into_iter().enumerate() {
+        let ids: Vec<u32> = row.to_vec();
+        association
+            .slice_mut(ndarray::s![i, .., ..])
+            .assign(&association_target(&ids));
+    }
+    (local_target(t), association)
 }

@@ -147,6 +147,45 @@ impl Variant {
     }
 }
 
+/// `count` sentences drawn from a mixture of variants: each sentence picks its variant with
+/// probability proportional to its weight (the training regimes of the shortcut study).
+pub fn sample_mixture(
+    mix: &[(Variant, f64)],
+    n_var: usize,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<LegoSentence>> {
+    if mix.is_empty() {
+        bail!("a mixture needs at least one variant");
+    }
+    if mix.iter().any(|&(_, w)| !(w >= 0.0 && w.is_finite())) {
+        bail!("mixture weights must be finite and >= 0");
+    }
+    let total: f64 = mix.iter().map(|&(_, w)| w).sum();
+    if total <= 0.0 {
+        bail!("mixture weights sum to 0");
+    }
+    for &(v, _) in mix {
+        v.spec(n_var).validate()?;
+    }
+    let mut rng = seeded(seed);
+    Ok((0..count)
+        .map(|_| {
+            let mut u = rng.gen::<f64>() * total;
+            // the last variant with positive weight absorbs rounding at the top end
+            let mut pick = mix.iter().rev().find(|&&(_, w)| w > 0.0).unwrap().0;
+            for &(v, w) in mix {
+                if u < w {
+                    pick = v;
+                    break;
+                }
+                u -= w;
+            }
+            pick.generate(n_var, &mut rng)
+        })
+        .collect())
+}
+
 impl std::fmt::Display for Variant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
