@@ -501,3 +501,34 @@ fn mixtures_follow_their_weights() {
     assert!(sample_mixture(&[(Variant::Shuffled, 0.0)], 6, 1, 0).is_err());
     assert!(sample_mixture(&[(Variant::Shuffled, -1.0)], 6, 1, 0).is_err());
 }
+
+#[test]
+fn cli_flops_table_matches_the_library() {
+    use attnlab::lego::flops::{encoder_flops, EncoderShape};
+    let out = attnlab(&["lego", "flops", "--preset", "paper"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let bert = EncoderShape {
+        layers: 12,
+        hidden: 768,
+        heads: 12,
+        ffn: 3072,
+    };
+    let vanilla = encoder_flops(&bert, 62, 0).unwrap();
+    assert!(
+        text.contains(&format!("vanilla,0,{vanilla},0.0000")),
+        "{text}"
+    );
+    let bad = attnlab(&[
+        "lego",
+        "flops",
+        "--config",
+        "experiments/lego/shortcuts.toml",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--config"));
+}

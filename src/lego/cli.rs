@@ -6,12 +6,16 @@
 //! clause at sentence position `s`), `query_positions` (token position of each chain
 //! variable's left-hand occurrence, chain order) and `names` (chain order).
 //!
+//! `attnlab lego flops --preset paper` prints the exact FLOPs of each LEGO attention-module
+//! configuration; `attnlab lego check-config` validates `experiments/lego/*.toml`.
+//!
 //! `attnlab program sample --count 3 --seed 0 --json` prints `tokens`, `source`, `outputs`
 //! (printed values in order) and `print_positions`.
 
 use crate::lego::config;
+use crate::lego::flops::{encoder_flops, flop_saving, EncoderShape};
 use crate::lego::program::{sample_programs, ProgramSpec};
-use crate::lego::task::{token_str, N_NAMES};
+use crate::lego::task::{seq_len, token_str, N_NAMES};
 use crate::lego::variants::Variant;
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -28,6 +32,15 @@ pub struct LegoArgs {
 enum LegoCmd {
     /// Print LEGO sentences with their labels.
     Sample(LegoSampleArgs),
+    /// Exact forward FLOPs per sentence of each LEGO attention-module configuration.
+    Flops {
+        /// A config with `[*.lego_attention]` sections.
+        #[arg(long, default_value = "experiments/lego/lego_attention.toml")]
+        config: PathBuf,
+        /// `cpu` or `paper`.
+        #[arg(long, default_value = "paper")]
+        preset: String,
+    },
     /// Parse and check experiment configs (files, or every .toml under a directory).
     CheckConfig {
         /// Config files or directories.
@@ -103,6 +116,7 @@ pub fn run_lego(a: LegoArgs) -> Result<()> {
     match a.cmd {
         LegoCmd::Sample(s) => lego_sample(s),
         LegoCmd::CheckConfig { paths } => check_configs(&paths),
+        LegoCmd::Flops { config, preset } => print_flops(&config, &preset),
     }
 }
 
@@ -162,6 +176,35 @@ fn check_configs(paths: &[PathBuf]) -> Result<()> {
     for f in &files {
         let exp = config::load(f)?;
         println!("ok  {}  ({:?})", f.display(), exp.experiment.kind);
+    }
+    Ok(())
+}
+
+fn print_flops(path: &std::path::Path, preset: &str) -> Result<()> {
+    let exp = config::load(path)?;
+    let p = exp
+        .preset(preset)
+        .map_err(|e| anyhow::anyhow!("`--preset`: {e}"))?;
+    let (Some(task), Some(study)) = (&p.task, &p.lego_attention) else {
+        bail!(
+            "`--config`: `{}` has no [{preset}.task] and [{preset}.lego_attention] sections",
+            path.display()
+        );
+    };
+    let shape = EncoderShape {
+        layers: p.model.layers as u64,
+        hidden: p.model.hidden as u64,
+        heads: p.model.heads as u64,
+        ffn: p.model.ffn as u64,
+    };
+    let t = seq_len(task.n_var) as u64;
+    println!("# {preset}: {shape:?}, T = {t} tokens; matrix-product FLOPs per sentence, forward");
+    println!("label,fixed_heads_per_layer,flops,saving");
+    for c in &study.configs {
+        let fixed = (c.local_heads + c.association_heads) as u64;
+        let flops = encoder_flops(&shape, t, fixed)?;
+        let saving = flop_saving(&shape, t, fixed)?;
+        println!("{},{fixed},{flops},{saving:.4}", c.label);
     }
     Ok(())
 }
