@@ -1,3 +1,18 @@
-//! LEGO reasoning task (Zhang, Backurs, Bubeck, Eldan, Gunasekar, Wagner 2022).
+//! LEGO reasoning task (Zhang, Backurs, Bubeck, Eldan, Gunasekar, Wagner 2022): the parts
+//! that need no trained model.
+//!
+//! - [`task`]: LEGO sentences, labels, clause order and batches.
+//! - [`variants`]: task variants for the shortcut study.
+//! - [`heads`]: association and locality scores of attention maps, mimicking targets, KL.
+//! - [`flops`]: exact FLOP counts of encoders with LEGO fixed heads.
+//! - [`program`]: a straight-line program-execution task (the convolution study).
+//! - [`config`]: experiment configs under `experiments/lego/`.
+//! - [`cli`]: `attnlab lego ...` and `attnlab program ...`.
 
 pub mod cli;
+pub mod config;
+pub mod flops;
+pub mod heads;
+pub mod program;
+pub mod task;
+pub mod variants;
