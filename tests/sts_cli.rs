@@ -29,27 +29,29 @@ fn assert_clean_error(out: &Output, needles: &[&str]) {
     }
 }
 
+const PREDICT: &[&str] = &[
+    "sts",
+    "predict",
+    "--t",
+    "8",
+    "--d",
+    "4",
+    "--q",
+    "2",
+    "--de",
+    "32",
+    "--c",
+    "0,1,3",
+    "--samples",
+    "4000",
+    "--seed",
+    "1",
+    "--json",
+];
+
 #[test]
 fn predict_prints_the_contracted_fields() {
-    let v = json(&attnlab(&[
-        "sts",
-        "predict",
-        "--t",
-        "8",
-        "--d",
-        "4",
-        "--q",
-        "2",
-        "--de",
-        "32",
-        "--c",
-        "0,1,3",
-        "--samples",
-        "4000",
-        "--seed",
-        "1",
-        "--json",
-    ]));
+    let v = json(&attnlab(PREDICT));
     assert_eq!(
         v["loss_at_zero_exact"].as_f64().unwrap(),
         4.0 * (0.5 - 0.125)
@@ -67,25 +69,7 @@ fn predict_prints_the_contracted_fields() {
         [0.0, 1.0, 3.0][losses.iter().position(|&l| l == best).unwrap()]
     );
     // Same seed, same numbers.
-    let again = json(&attnlab(&[
-        "sts",
-        "predict",
-        "--t",
-        "8",
-        "--d",
-        "4",
-        "--q",
-        "2",
-        "--de",
-        "32",
-        "--c",
-        "0,1,3",
-        "--samples",
-        "4000",
-        "--seed",
-        "1",
-        "--json",
-    ]));
+    let again = json(&attnlab(PREDICT));
     assert_eq!(v, again);
 }
 
