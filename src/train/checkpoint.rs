@@ -134,6 +134,14 @@ pub fn load_checkpoint(path: &Path, vm: &VarMap, opt: &mut Optimizer) -> Result<
     };
     {
         let data = vm.data().lock().expect("VarMap lock poisoned");
+        let in_file = tensors.keys().filter(|k| k.starts_with("param.")).count();
+        if in_file != data.len() {
+            bail!(
+                "checkpoint `{}` holds {in_file} parameters but the model has {}: it was written for another model config",
+                path.display(),
+                data.len()
+            );
+        }
         for (name, var) in data.iter() {
             let t = get(&format!("param.{name}"))?;
             var.set(&t.to_dtype(var.dtype())?)
