@@ -7,7 +7,7 @@
 
 use crate::nn::config::TransformerConfig;
 use crate::nn::layers::{dropout, DepthwiseConv, Linear};
-use crate::nn::ops;
+use crate::nn::{fused, ops};
 use crate::rng::Rng;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -70,6 +70,26 @@ impl Attention {
         let mut qkv = self.qkv.forward(x)?;
         if let Some(c) = &self.conv {
             qkv = c.forward(&qkv)?;
+        }
+        if fused::supported(&qkv) && (self.dropout == 0.0 || ctx.rng.is_none()) {
+            let bias = match &ctx.bias {
+                Some(b) => b.clone(),
+                None => Tensor::zeros((1, 1, t, t), qkv.dtype(), qkv.device())?,
+            };
+            let pat = match &ctx.patterns {
+                Some(p) => p.clone(),
+                None => Tensor::zeros(1, qkv.dtype(), qkv.device())?,
+            };
+            let shape = fused::AttnShape {
+                heads: h,
+                fixed: nf,
+                d_head: dh,
+            };
+            if nf > 0 && ctx.patterns.is_none() {
+                candle_core::bail!("the config has fixed_heads = {nf}: pass `patterns` of shape (batch, {nf}, {t}, {t})");
+            }
+            let (y, probs) = fused::attention(&qkv, &bias, &pat, shape, ctx.capture)?;
+            return Ok((self.out.forward(&y)?, probs));
         }
         // (batch, T, heads*dh) slice -> (batch, heads, T, dh)
         let heads = |off: usize, n: usize| -> Result<Tensor> {

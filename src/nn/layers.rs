@@ -30,6 +30,11 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(b) = &self.b {
+            if crate::nn::fused::supported(x) {
+                return crate::nn::fused::linear(x, &self.w, b);
+            }
+        }
         let dims = x.dims().to_vec();
         let d_in = dims[dims.len() - 1];
         let rows = x.elem_count() / d_in.max(1);

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod block;
 pub mod config;
 pub mod flops;
+pub mod fused;
 pub mod layers;
 pub mod ops;
 pub mod stack;
