@@ -4,7 +4,6 @@
 use crate::nn::attention::{Attention, AttnContext};
 use crate::nn::config::{Activation, NormPlacement, TransformerConfig};
 use crate::nn::layers::{dropout, LayerNorm, Linear};
-use crate::nn::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -35,10 +34,9 @@ impl Block {
     }
 
     fn ffn(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.ff1.forward(x)?;
         let h = match self.act {
-            Activation::Gelu => ops::gelu_erf(&h)?,
-            Activation::Relu => h.relu()?,
+            Activation::Gelu => self.ff1.forward_gelu(x)?,
+            Activation::Relu => self.ff1.forward(x)?.relu()?,
         };
         self.ff2.forward(&h)
     }

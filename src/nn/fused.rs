@@ -11,6 +11,7 @@
 //!
 //! Both run on f32 and f64 CPU tensors; callers fall back to composed candle ops elsewhere.
 
+use crate::nn::ops;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -45,7 +46,8 @@ impl Elem for f64 {
 }
 
 fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let v = T::slice(s).ok_or_else(|| candle_core::Error::Msg(format!("{what}: dtype mismatch")))?;
+    let v =
+        T::slice(s).ok_or_else(|| candle_core::Error::Msg(format!("{what}: dtype mismatch")))?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{what}: input has to be contiguous"),
@@ -112,8 +114,54 @@ fn par_for(rows: usize, macs: usize) -> Parallelism {
 
 // ---------------------------------------------------------------- linear
 
-struct Linear;
-struct LinearGrad;
+/// Pre-activations saved by a GELU-fused linear for its backward pass.
+type Saved = Arc<Mutex<Option<CpuStorage>>>;
+
+struct Linear {
+    /// Apply exact GELU to the output, keeping the pre-activation in `pre`.
+    gelu: bool,
+    pre: Saved,
+}
+struct LinearGrad {
+    gelu: bool,
+    pre: Saved,
+}
+
+fn linear_fwd<T: Elem + ops::Erf>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    rows: usize,
+    inp: usize,
+    out: usize,
+    gelu: bool,
+) -> (Vec<T>, Option<Vec<T>>) {
+    let mut y: Vec<T> = Vec::with_capacity(rows * out);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    unsafe {
+        mm(
+            rows,
+            out,
+            inp,
+            y.as_mut_ptr(),
+            (out as isize, 1),
+            x.as_ptr(),
+            (inp as isize, 1),
+            w.as_ptr(),
+            (1, inp as isize),
+            T::one(),
+            true,
+            par_for(rows, inp * out),
+        )
+    };
+    if gelu {
+        (ops::map1(&y, ops::gelu), Some(y))
+    } else {
+        (y, None)
+    }
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -130,48 +178,34 @@ impl CustomOp3 for Linear {
     ) -> Result<(CpuStorage, Shape)> {
         let (out, inp) = wl.shape().dims2()?;
         let rows = xl.shape().elem_count() / inp;
-        fn go<T: Elem>(x: &[T], w: &[T], b: &[T], rows: usize, inp: usize, out: usize) -> Vec<T> {
-            let mut y: Vec<T> = Vec::with_capacity(rows * out);
-            for _ in 0..rows {
-                y.extend_from_slice(b);
-            }
-            unsafe {
-                mm(
+        let (st, pre) = match xs.dtype() {
+            DType::F32 => {
+                let (y, pre) = linear_fwd::<f32>(
+                    slice(xs, xl, "linear x")?,
+                    slice(ws, wl, "linear w")?,
+                    slice(bs, bl, "linear b")?,
                     rows,
-                    out,
                     inp,
-                    y.as_mut_ptr(),
-                    (out as isize, 1),
-                    x.as_ptr(),
-                    (inp as isize, 1),
-                    w.as_ptr(),
-                    (1, inp as isize),
-                    T::one(),
-                    true,
-                    par_for(rows, inp * out),
-                )
-            };
-            y
-        }
-        let st = match xs.dtype() {
-            DType::F32 => f32::store(go(
-                slice(xs, xl, "linear x")?,
-                slice(ws, wl, "linear w")?,
-                slice(bs, bl, "linear b")?,
-                rows,
-                inp,
-                out,
-            )),
-            DType::F64 => f64::store(go(
-                slice(xs, xl, "linear x")?,
-                slice(ws, wl, "linear w")?,
-                slice(bs, bl, "linear b")?,
-                rows,
-                inp,
-                out,
-            )),
+                    out,
+                    self.gelu,
+                );
+                (f32::store(y), pre.map(f32::store))
+            }
+            DType::F64 => {
+                let (y, pre) = linear_fwd::<f64>(
+                    slice(xs, xl, "linear x")?,
+                    slice(ws, wl, "linear w")?,
+                    slice(bs, bl, "linear b")?,
+                    rows,
+                    inp,
+                    out,
+                    self.gelu,
+                );
+                (f64::store(y), pre.map(f64::store))
+            }
             d => candle_core::bail!("fused linear supports f32 and f64, not {d:?}"),
         };
+        *self.pre.lock().expect("pre lock") = pre;
         let mut dims = xl.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out;
         Ok((st, Shape::from(dims)))
@@ -186,19 +220,83 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (out, inp) = w.dims2()?;
         let rows = x.elem_count() / inp;
-        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad)?;
+        let op = LinearGrad {
+            gelu: self.gelu,
+            pre: self.pre.clone(),
+        };
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         let dx = packed.narrow(0, 0, rows * inp)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, rows * inp, out * inp)?.reshape((out, inp))?;
+        let dw = packed
+            .narrow(0, rows * inp, out * inp)?
+            .reshape((out, inp))?;
         let db = packed.narrow(0, rows * inp + out * inp, out)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
+}
+
+/// Packed `[dx = d W | dW = d^T x | db = colsum d]` with `d = g` (or `g * gelu'(pre)`).
+fn linear_bwd<T: Elem + ops::Erf>(
+    x: &[T],
+    w: &[T],
+    g: &[T],
+    pre: Option<&[T]>,
+    rows: usize,
+    inp: usize,
+    out: usize,
+) -> Vec<T> {
+    let d: std::borrow::Cow<[T]> = match pre {
+        None => g.into(),
+        Some(pre) => {
+            let mut d = ops::map1(pre, ops::gelu_grad);
+            d.iter_mut().zip(g).for_each(|(a, &b)| *a = *a * b);
+            d.into()
+        }
+    };
+    let mut r = vec![T::zero(); rows * inp + out * inp + out];
+    let (dx, rest) = r.split_at_mut(rows * inp);
+    let (dw, db) = rest.split_at_mut(out * inp);
+    unsafe {
+        mm(
+            rows,
+            inp,
+            out,
+            dx.as_mut_ptr(),
+            (inp as isize, 1),
+            d.as_ptr(),
+            (out as isize, 1),
+            w.as_ptr(),
+            (inp as isize, 1),
+            T::one(),
+            false,
+            par_for(rows, inp * out),
+        );
+        mm(
+            out,
+            inp,
+            rows,
+            dw.as_mut_ptr(),
+            (inp as isize, 1),
+            d.as_ptr(),
+            (1, out as isize),
+            x.as_ptr(),
+            (inp as isize, 1),
+            T::one(),
+            false,
+            par_for(rows, inp * out),
+        );
+    }
+    for row in d.chunks(out) {
+        for (a, &b) in db.iter_mut().zip(row) {
+            *a = *a + b;
+        }
+    }
+    r
 }
 
 impl CustomOp3 for LinearGrad {
     fn name(&self) -> &'static str {
         "attnlab-linear-grad"
     }
-    /// Packed `[dx = g W | dW = g^T x | db = colsum g]`.
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
@@ -210,65 +308,47 @@ impl CustomOp3 for LinearGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (out, inp) = wl.shape().dims2()?;
         let rows = xl.shape().elem_count() / inp;
-        fn go<T: Elem>(x: &[T], w: &[T], g: &[T], rows: usize, inp: usize, out: usize) -> Vec<T> {
-            let mut r = vec![T::zero(); rows * inp + out * inp + out];
-            let (dx, rest) = r.split_at_mut(rows * inp);
-            let (dw, db) = rest.split_at_mut(out * inp);
-            unsafe {
-                mm(
+        let guard = self.pre.lock().expect("pre lock");
+        let pre =
+            if self.gelu {
+                Some(guard.as_ref().ok_or_else(|| {
+                    candle_core::Error::Msg("linear pre-activations missing".into())
+                })?)
+            } else {
+                None
+            };
+        let st = match (xs.dtype(), pre) {
+            (DType::F32, None) | (DType::F32, Some(CpuStorage::F32(_))) => {
+                let pre = match pre {
+                    Some(CpuStorage::F32(v)) => Some(&v[..]),
+                    _ => None,
+                };
+                f32::store(linear_bwd(
+                    slice(xs, xl, "linear x")?,
+                    slice(ws, wl, "linear w")?,
+                    slice(gs, gl, "linear grad")?,
+                    pre,
                     rows,
                     inp,
                     out,
-                    dx.as_mut_ptr(),
-                    (inp as isize, 1),
-                    g.as_ptr(),
-                    (out as isize, 1),
-                    w.as_ptr(),
-                    (inp as isize, 1),
-                    T::one(),
-                    false,
-                    par_for(rows, inp * out),
-                );
-                mm(
-                    out,
-                    inp,
+                ))
+            }
+            (DType::F64, None) | (DType::F64, Some(CpuStorage::F64(_))) => {
+                let pre = match pre {
+                    Some(CpuStorage::F64(v)) => Some(&v[..]),
+                    _ => None,
+                };
+                f64::store(linear_bwd(
+                    slice(xs, xl, "linear x")?,
+                    slice(ws, wl, "linear w")?,
+                    slice(gs, gl, "linear grad")?,
+                    pre,
                     rows,
-                    dw.as_mut_ptr(),
-                    (inp as isize, 1),
-                    g.as_ptr(),
-                    (1, out as isize),
-                    x.as_ptr(),
-                    (inp as isize, 1),
-                    T::one(),
-                    false,
-                    par_for(rows, inp * out),
-                );
+                    inp,
+                    out,
+                ))
             }
-            for row in g.chunks(out) {
-                for (a, &b) in db.iter_mut().zip(row) {
-                    *a = *a + b;
-                }
-            }
-            r
-        }
-        let st = match xs.dtype() {
-            DType::F32 => f32::store(go(
-                slice(xs, xl, "linear x")?,
-                slice(ws, wl, "linear w")?,
-                slice(gs, gl, "linear grad")?,
-                rows,
-                inp,
-                out,
-            )),
-            DType::F64 => f64::store(go(
-                slice(xs, xl, "linear x")?,
-                slice(ws, wl, "linear w")?,
-                slice(gs, gl, "linear grad")?,
-                rows,
-                inp,
-                out,
-            )),
-            d => candle_core::bail!("fused linear supports f32 and f64, not {d:?}"),
+            (d, _) => candle_core::bail!("fused linear supports f32 and f64, not {d:?}"),
         };
         Ok((st, Shape::from(rows * inp + out * inp + out)))
     }
@@ -276,8 +356,22 @@ impl CustomOp3 for LinearGrad {
 
 /// `y = x W^T + b` for `x (.., in)`, `W (out, in)`, `b (out,)` as one fused node (CPU f32/f64).
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    linear_op(x, w, b, false)
+}
+
+/// `gelu(x W^T + b)` (exact GELU) as one fused node: saves the activation's own graph node, its
+/// zero-filled gradient buffer and one pass over the widest activation of the block.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    linear_op(x, w, b, true)
+}
+
+fn linear_op(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
+    let op = Linear {
+        gelu,
+        pre: Arc::new(Mutex::new(None)),
+    };
     x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }
 
 /// Whether the fused kernels handle tensors like `x`.
@@ -329,68 +423,65 @@ impl Attention {
         let mut y = vec![T::zero(); g.b * t * hd];
         let mut probs = vec![T::zero(); g.b * h * t * t];
         let yp = Ptr(y.as_mut_ptr());
-        probs
-            .par_chunks_mut(t * t)
-            .enumerate()
-            .for_each(|(bh, p)| {
-                let (bi, hi) = (bh / h, bh % h);
-                let base = &qkv[bi * t * w..];
-                if hi < nf {
-                    p.copy_from_slice(&pat[(bi * nf + hi) * t * t..(bi * nf + hi + 1) * t * t]);
-                } else {
-                    let li = hi - nf;
-                    unsafe {
-                        mm(
-                            t,
-                            t,
-                            dh,
-                            p.as_mut_ptr(),
-                            (t as isize, 1),
-                            base[li * dh..].as_ptr(),
-                            (w as isize, 1),
-                            base[(nl + li) * dh..].as_ptr(),
-                            (1, w as isize),
-                            scale,
-                            false,
-                            Parallelism::None,
-                        );
-                    }
-                    let bb = if g.bias_b == 1 { 0 } else { bi };
-                    let brow = &bias[bb * t * t..(bb + 1) * t * t];
-                    for (row, br) in p.chunks_mut(t).zip(brow.chunks(t)) {
-                        let mut m = T::neg_infinity();
-                        for (x, &bv) in row.iter_mut().zip(br) {
-                            *x = *x + bv;
-                            m = m.max(*x);
-                        }
-                        let mut s = T::zero();
-                        for x in row.iter_mut() {
-                            *x = (*x - m).exp();
-                            s = s + *x;
-                        }
-                        let inv = T::one() / s;
-                        row.iter_mut().for_each(|x| *x = *x * inv);
-                    }
-                }
-                // y[bi, :, hi*dh..] = P @ V_hi
-                let yp = yp;
+        probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let base = &qkv[bi * t * w..];
+            if hi < nf {
+                p.copy_from_slice(&pat[(bi * nf + hi) * t * t..(bi * nf + hi + 1) * t * t]);
+            } else {
+                let li = hi - nf;
                 unsafe {
                     mm(
                         t,
-                        dh,
                         t,
-                        yp.0.add(bi * t * hd + hi * dh),
-                        (hd as isize, 1),
-                        p.as_ptr(),
+                        dh,
+                        p.as_mut_ptr(),
                         (t as isize, 1),
-                        base[(2 * nl + hi) * dh..].as_ptr(),
+                        base[li * dh..].as_ptr(),
                         (w as isize, 1),
-                        T::one(),
+                        base[(nl + li) * dh..].as_ptr(),
+                        (1, w as isize),
+                        scale,
                         false,
                         Parallelism::None,
                     );
                 }
-            });
+                let bb = if g.bias_b == 1 { 0 } else { bi };
+                let brow = &bias[bb * t * t..(bb + 1) * t * t];
+                for (row, br) in p.chunks_mut(t).zip(brow.chunks(t)) {
+                    let mut m = T::neg_infinity();
+                    for (x, &bv) in row.iter_mut().zip(br) {
+                        *x = *x + bv;
+                        m = m.max(*x);
+                    }
+                    let mut s = T::zero();
+                    for x in row.iter_mut() {
+                        *x = (*x - m).exp();
+                        s = s + *x;
+                    }
+                    let inv = T::one() / s;
+                    row.iter_mut().for_each(|x| *x = *x * inv);
+                }
+            }
+            // y[bi, :, hi*dh..] = P @ V_hi
+            let yp = yp;
+            unsafe {
+                mm(
+                    t,
+                    dh,
+                    t,
+                    yp.0.add(bi * t * hd + hi * dh),
+                    (hd as isize, 1),
+                    p.as_ptr(),
+                    (t as isize, 1),
+                    base[(2 * nl + hi) * dh..].as_ptr(),
+                    (w as isize, 1),
+                    T::one(),
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
         (y, probs)
     }
 }

@@ -29,6 +29,16 @@ impl Linear {
         Ok(Self { w, b })
     }
 
+    /// `gelu(x W^T + b)`, fused into one node where the kernels allow.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(b) = &self.b {
+            if crate::nn::fused::supported(x) {
+                return crate::nn::fused::linear_gelu(x, &self.w, b);
+            }
+        }
+        ops::gelu_erf(&self.forward(x)?)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(b) = &self.b {
             if crate::nn::fused::supported(x) {

@@ -3,7 +3,7 @@
 //! checkpoint. Loading restores everything, so a resumed run reproduces the uninterrupted one bit
 //! for bit.
 //!
-//! Layout: tensors `param.<name>` (parameter dtype), `optim.m.<name>` and `optim.v.<name>` (f64);
+//! Layout: tensors `param.<name>`, `optim.m.<name>` and `optim.v.<name>` (parameter dtype);
 //! metadata `step`, `rng.<name>` (`seed-hex:stream:word-pos`) and `extra` (caller JSON).
 
 use crate::rng::Rng;
@@ -85,13 +85,9 @@ pub fn save_checkpoint(
     }
     for p in &opt.params {
         for (tag, buf) in [("m", &p.m), ("v", &p.v)] {
-            let b: Vec<u8> = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
-            blobs.push((
-                format!("optim.{tag}.{}", p.name),
-                Dtype::F64,
-                vec![buf.len()],
-                b,
-            ));
+            let t = buf.to_tensor()?;
+            let (dt, b) = bytes_of(&t)?;
+            blobs.push((format!("optim.{tag}.{}", p.name), dt, t.dims().to_vec(), b));
         }
     }
     blobs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -149,8 +145,8 @@ pub fn load_checkpoint(path: &Path, vm: &VarMap, opt: &mut Optimizer) -> Result<
         }
     }
     for p in opt.params.iter_mut() {
-        p.m = get(&format!("optim.m.{}", p.name))?.to_vec1::<f64>()?;
-        p.v = get(&format!("optim.v.{}", p.name))?.to_vec1::<f64>()?;
+        p.m.load(get(&format!("optim.m.{}", p.name))?)?;
+        p.v.load(get(&format!("optim.v.{}", p.name))?)?;
     }
     let step: u64 = meta
         .get("step")

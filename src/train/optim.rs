@@ -1,8 +1,9 @@
 //! Optimisers (AdamW, Adam, SGD with momentum) over the variables of a `VarMap`, with
 //! weight-decay groups, global-norm gradient clipping and a learning-rate schedule.
 //!
-//! Updates run in plain Rust over each parameter's buffer (state kept in f64): one pass per
-//! parameter instead of ~10 candle ops each, and a state that checkpoints exactly.
+//! Updates run in plain Rust over each parameter's buffer, in the parameter's own precision
+//! (f32 or f64, as PyTorch does): one pass per parameter instead of ~10 candle ops each, and a
+//! state that checkpoints exactly.
 
 use crate::train::schedule::Schedule;
 use anyhow::{bail, Context, Result};
@@ -91,15 +92,59 @@ impl OptimConfig {
     }
 }
 
+/// Optimiser state of one parameter, in the parameter's precision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Buf {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Buf {
+    fn zeros(dtype: DType, n: usize) -> Self {
+        match dtype {
+            DType::F64 => Buf::F64(vec![0.0; n]),
+            _ => Buf::F32(vec![0.0; n]),
+        }
+    }
+
+    /// As a 1-D tensor (for checkpoints).
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        let dev = &candle_core::Device::Cpu;
+        Ok(match self {
+            Buf::F32(v) => Tensor::from_slice(v, v.len(), dev)?,
+            Buf::F64(v) => Tensor::from_slice(v, v.len(), dev)?,
+        })
+    }
+
+    /// From a 1-D tensor of the same precision and length as `self`.
+    pub fn load(&mut self, t: &Tensor) -> Result<()> {
+        let n = match self {
+            Buf::F32(v) => v.len(),
+            Buf::F64(v) => v.len(),
+        };
+        if t.elem_count() != n {
+            bail!(
+                "optimiser state has {} entries, expected {n}",
+                t.elem_count()
+            );
+        }
+        match self {
+            Buf::F32(v) => *v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+            Buf::F64(v) => *v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?,
+        }
+        Ok(())
+    }
+}
+
 /// One parameter and its optimiser state.
 pub struct Param {
     pub name: String,
     pub var: Var,
     pub decay: bool,
     /// First moment (Adam) or momentum buffer (SGD).
-    pub m: Vec<f64>,
+    pub m: Buf,
     /// Second moment (Adam).
-    pub v: Vec<f64>,
+    pub v: Buf,
 }
 
 /// What one step did.
@@ -123,13 +168,56 @@ pub fn decay_matrices(_name: &str, var: &Var) -> bool {
     var.rank() >= 2
 }
 
-fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
-    let t = t.flatten_all()?;
-    Ok(match t.dtype() {
-        DType::F64 => t.to_vec1::<f64>()?,
-        DType::F32 => t.to_vec1::<f32>()?.into_iter().map(f64::from).collect(),
-        _ => t.to_dtype(DType::F64)?.to_vec1::<f64>()?,
-    })
+/// Per-step constants of an update.
+struct Hyper {
+    c: OptimConfig,
+    lr: f64,
+    scale: f64,
+    bc1: f64,
+    bc2: f64,
+    first: bool,
+}
+
+/// One parameter's update in its own precision (PyTorch's formulas).
+fn update<T: num_traits::Float>(
+    h: &Hyper,
+    wd: f64,
+    w: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) {
+    let f = |x: f64| T::from(x).expect("finite hyper-parameter");
+    let (lr, wd, scale) = (f(h.lr), f(wd), f(h.scale));
+    let (b1, b2, eps) = (f(h.c.beta1), f(h.c.beta2), f(h.c.eps));
+    let (one, mom) = (T::one(), f(h.c.momentum));
+    // Adam's step size and denominator scale with the bias corrections folded in.
+    let step = lr / f(h.bc1);
+    let sqrt_bc2 = f(h.bc2.sqrt());
+    for i in 0..w.len() {
+        let mut gi = g[i] * scale;
+        match h.c.kind {
+            OptimKind::AdamW | OptimKind::Adam => {
+                if h.c.kind == OptimKind::AdamW {
+                    w[i] = w[i] * (one - lr * wd);
+                } else {
+                    gi = gi + wd * w[i];
+                }
+                m[i] = b1 * m[i] + (one - b1) * gi;
+                v[i] = b2 * v[i] + (one - b2) * gi * gi;
+                w[i] = w[i] - step * m[i] / (v[i].sqrt() / sqrt_bc2 + eps);
+            }
+            OptimKind::Sgd => {
+                gi = gi + wd * w[i];
+                if mom > T::zero() {
+                    // PyTorch: the buffer starts as the first gradient.
+                    m[i] = if h.first { gi } else { mom * m[i] + gi };
+                    gi = m[i];
+                }
+                w[i] = w[i] - lr * gi;
+            }
+        }
+    }
 }
 
 impl Optimizer {
@@ -152,13 +240,13 @@ impl Optimizer {
             .into_iter()
             .map(|n| {
                 let var = data[n].clone();
-                let len = var.elem_count();
+                let (len, dt) = (var.elem_count(), var.dtype());
                 Param {
                     name: n.clone(),
                     decay: decay(n, &var),
                     var,
-                    m: vec![0.0; len],
-                    v: vec![0.0; len],
+                    m: Buf::zeros(dt, len),
+                    v: Buf::zeros(dt, len),
                 }
             })
             .collect();
@@ -176,17 +264,20 @@ impl Optimizer {
 
     /// One update from `grads` (parameters without a gradient are left alone, state included).
     pub fn step(&mut self, grads: &GradStore) -> Result<StepStats> {
-        let gs: Vec<Option<Vec<f64>>> = self
+        let gs: Vec<Option<Tensor>> = self
             .params
             .iter()
-            .map(|p| grads.get(p.var.as_tensor()).map(to_f64).transpose())
-            .collect::<Result<_>>()?;
-        let norm = gs
-            .iter()
-            .flatten()
-            .map(|g| g.iter().map(|x| x * x).sum::<f64>())
-            .sum::<f64>()
-            .sqrt();
+            .map(|p| grads.get(p.var.as_tensor()).cloned())
+            .collect();
+        let mut sq = 0.0f64;
+        for g in gs.iter().flatten() {
+            sq += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+        let norm = sq.sqrt();
         if !norm.is_finite() {
             bail!(
                 "gradient norm is {norm} at step {}: lower `lr` or enable `clip_norm`",
@@ -199,51 +290,42 @@ impl Optimizer {
             1.0
         };
         let lr = self.current_lr();
-        let c = self.cfg.clone();
-        let t = (self.step + 1) as i32;
-        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        let first = self.step == 0;
-        let updated: Vec<Option<Vec<f64>>> = self
+        let h = Hyper {
+            c: self.cfg.clone(),
+            lr,
+            scale,
+            bc1: 1.0 - self.cfg.beta1.powi((self.step + 1) as i32),
+            bc2: 1.0 - self.cfg.beta2.powi((self.step + 1) as i32),
+            first: self.step == 0,
+        };
+        let updated: Vec<Option<Tensor>> = self
             .params
             .par_iter_mut()
             .zip(gs.into_par_iter())
-            .map(|(p, g)| -> Result<Option<Vec<f64>>> {
+            .map(|(p, g)| -> Result<Option<Tensor>> {
                 let Some(g) = g else { return Ok(None) };
-                let mut w = to_f64(p.var.as_tensor())?;
-                let wd = if p.decay { c.weight_decay } else { 0.0 };
-                for i in 0..w.len() {
-                    let mut gi = g[i] * scale;
-                    match c.kind {
-                        OptimKind::AdamW | OptimKind::Adam => {
-                            if c.kind == OptimKind::AdamW {
-                                w[i] *= 1.0 - lr * wd;
-                            } else {
-                                gi += wd * w[i];
-                            }
-                            p.m[i] = c.beta1 * p.m[i] + (1.0 - c.beta1) * gi;
-                            p.v[i] = c.beta2 * p.v[i] + (1.0 - c.beta2) * gi * gi;
-                            let mh = p.m[i] / bc1;
-                            let vh = p.v[i] / bc2;
-                            w[i] -= lr * mh / (vh.sqrt() + c.eps);
-                        }
-                        OptimKind::Sgd => {
-                            gi += wd * w[i];
-                            if c.momentum > 0.0 {
-                                // PyTorch: the buffer starts as the first gradient.
-                                p.m[i] = if first { gi } else { c.momentum * p.m[i] + gi };
-                                gi = p.m[i];
-                            }
-                            w[i] -= lr * gi;
-                        }
+                let t = p.var.as_tensor();
+                let wd = if p.decay { h.c.weight_decay } else { 0.0 };
+                let new = match (&mut p.m, &mut p.v) {
+                    (Buf::F32(m), Buf::F32(v)) => {
+                        let mut w = t.flatten_all()?.to_vec1::<f32>()?;
+                        let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                        update(&h, wd, &mut w, &g, m, v);
+                        Tensor::from_vec(w, t.shape(), t.device())?
                     }
-                }
-                Ok(Some(w))
+                    (Buf::F64(m), Buf::F64(v)) => {
+                        let mut w = t.flatten_all()?.to_vec1::<f64>()?;
+                        let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                        update(&h, wd, &mut w, &g, m, v);
+                        Tensor::from_vec(w, t.shape(), t.device())?
+                    }
+                    _ => bail!("optimiser state of `{}` has the wrong precision", p.name),
+                };
+                Ok(Some(new))
             })
             .collect::<Result<_>>()?;
-        for (p, w) in self.params.iter().zip(updated) {
-            if let Some(w) = w {
-                let t = p.var.as_tensor();
-                let new = Tensor::from_vec(w, t.shape(), t.device())?.to_dtype(t.dtype())?;
+        for (p, new) in self.params.iter().zip(updated) {
+            if let Some(new) = new {
                 p.var
                     .set(&new)
                     .with_context(|| format!("updating parameter `{}`", p.name))?;
