@@ -249,14 +249,29 @@ impl CustomOp3 for LayerNormGrad {
                     dxr[j] = r * (dy[j] * g[j] - s1 - xh * s2);
                 }
             });
-            let (dg, db) = rest.split_at_mut(d);
-            for i in 0..n / d {
-                let x = &x[i * d..(i + 1) * d];
-                let dy = &dy[i * d..(i + 1) * d];
-                let (m, r) = stats(x, eps);
-                for j in 0..d {
-                    dg[j] = dg[j] + dy[j] * (x[j] - m) * r;
-                    db[j] = db[j] + dy[j];
+            // dgamma, dbeta: partial sums over blocks of rows (fixed blocks, so the result does
+            // not depend on the thread count), added in block order.
+            let rows = n / d;
+            let block = 256;
+            let partial: Vec<Vec<T>> = (0..rows.div_ceil(block))
+                .into_par_iter()
+                .map(|bi| {
+                    let mut acc = vec![T::zero(); 2 * d];
+                    for i in bi * block..((bi + 1) * block).min(rows) {
+                        let x = &x[i * d..(i + 1) * d];
+                        let dy = &dy[i * d..(i + 1) * d];
+                        let (m, r) = stats(x, eps);
+                        for j in 0..d {
+                            acc[j] = acc[j] + dy[j] * (x[j] - m) * r;
+                            acc[d + j] = acc[d + j] + dy[j];
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            for acc in partial {
+                for (o, a) in rest.iter_mut().zip(acc) {
+                    *o = *o + a;
                 }
             }
             T::store(out)
@@ -386,6 +401,15 @@ struct GeluGrad;
 
 pub(crate) trait Erf: Float {
     fn erf(self) -> Self;
+    /// d/dx of exact GELU.
+    fn gelu_grad(self) -> Self {
+        let h = Self::from(0.5).unwrap();
+        let inv_sqrt_2pi =
+            Self::from(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2)
+                .unwrap();
+        h * (Self::one() + (self * Self::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf())
+            + self * inv_sqrt_2pi * (-h * self * self).exp()
+    }
 }
 impl Erf for f32 {
     /// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, below f32 resolution near 1): one `exp`
@@ -397,6 +421,17 @@ impl Erf for f32 {
             * (0.254_829_6
                 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
         (1.0 - poly * (-a * a).exp()).copysign(self)
+    }
+    /// Shares one `exp(-x^2/2)` between Phi(x) (A&S erf at x/sqrt 2) and the density.
+    fn gelu_grad(self) -> Self {
+        let a = self.abs() * std::f32::consts::FRAC_1_SQRT_2;
+        let t = 1.0 / (1.0 + 0.327_591_1 * a);
+        let poly = t
+            * (0.254_829_6
+                + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+        let e = (-a * a).exp();
+        let erf = (1.0 - poly * e).copysign(self);
+        0.5 * (1.0 + erf) + self * 0.398_942_3 * e
     }
 }
 impl Erf for f64 {
@@ -427,11 +462,7 @@ pub(crate) fn gelu<T: Erf>(x: T) -> T {
 }
 
 pub(crate) fn gelu_grad<T: Erf>(x: T) -> T {
-    let h = T::from(0.5).unwrap();
-    let inv_sqrt_2pi =
-        T::from(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2).unwrap();
-    h * (T::one() + (x * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf())
-        + x * inv_sqrt_2pi * (-h * x * x).exp()
+    x.gelu_grad()
 }
 
 impl CustomOp1 for Gelu {
