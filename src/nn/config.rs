@@ -145,7 +145,7 @@ impl TransformerConfig {
         need(self.n_layers > 0, "n_layers", "must be at least 1".into())?;
         need(self.n_heads > 0, "n_heads", "must be at least 1".into())?;
         need(
-            self.d_model % self.n_heads == 0,
+            self.d_model.is_multiple_of(self.n_heads),
             "n_heads",
             format!(
                 "must divide d_model = {} (got {})",

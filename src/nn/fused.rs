@@ -59,6 +59,12 @@ fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 struct Ptr<T>(*mut T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
+impl<T> Ptr<T> {
+    /// A method (not field access) so closures capture the `Send` wrapper, not the raw pointer.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
 
 fn threads() -> usize {
     candle_core::utils::get_num_threads()
@@ -464,13 +470,12 @@ impl Attention {
                 }
             }
             // y[bi, :, hi*dh..] = P @ V_hi
-            let yp = yp;
             unsafe {
                 mm(
                     t,
                     dh,
                     t,
-                    yp.0.add(bi * t * hd + hi * dh),
+                    yp.get().add(bi * t * hd + hi * dh),
                     (hd as isize, 1),
                     p.as_ptr(),
                     (t as isize, 1),
@@ -565,9 +570,8 @@ impl AttentionGrad {
             let p = &probs[bh * t * t..(bh + 1) * t * t];
             let base = &qkv[bi * t * w..];
             let dy = &dy[bi * t * hd + hi * dh..];
-            let dp = dp;
             unsafe {
-                let dbase = dp.0.add(bi * t * w);
+                let dbase = dp.get().add(bi * t * w);
                 // dV = P^T dY
                 mm(
                     t,
