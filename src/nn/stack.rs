@@ -112,6 +112,7 @@ impl Transformer {
         dtype: DType,
         device: &Device,
     ) -> anyhow::Result<(Self, VarMap)> {
+        crate::nn::tune_allocator();
         let vm = VarMap::new();
         let model = Self::new(cfg, VarBuilder::from_varmap(&vm, dtype, device))?;
         init_params(&vm, cfg, seed)?;
