@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Skip the PyTorch side.
     #[arg(long)]
     pub no_torch: bool,
+    /// Use composed candle ops instead of the fused linear / attention kernels (ablation).
+    #[arg(long)]
+    pub unfused: bool,
     /// Print attnlab's time split into forward, backward and optimiser per configuration.
     #[arg(long)]
     pub profile: bool,
@@ -242,6 +245,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads)
         .build_global();
+    crate::nn::fused::set_enabled(!a.unfused);
+    crate::nn::tune_allocator();
     let peak = gemm_peak_gflops()?;
     if !a.json {
         println!(

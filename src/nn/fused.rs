@@ -380,9 +380,20 @@ fn linear_op(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
         .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }
 
-/// Whether the fused kernels handle tensors like `x`.
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the fused linear and attention kernels on or off process-wide (on by default); off, the
+/// layers use composed candle ops. For ablations (`attnlab bench --unfused`) and for tests that
+/// check both paths agree. The fused softmax / LayerNorm / GELU ops of [`crate::nn::ops`] stay.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the fused kernels are on and handle tensors like `x`.
 pub fn supported(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 // ---------------------------------------------------------------- attention
