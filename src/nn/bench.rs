@@ -179,12 +179,7 @@ pub fn attnlab_trainer(c: &BenchConfig, profile: bool) -> Result<Trainer> {
         .collect();
     let x = Tensor::from_vec(x, (n, t), &dev)?;
     let y = Tensor::from_vec(y, (n, t), &dev)?;
-    let mut tr = Trainer {
-        model,
-        opt,
-        x,
-        y,
-    };
+    let mut tr = Trainer { model, opt, x, y };
     for _ in 0..3 {
         tr.step()?;
     }

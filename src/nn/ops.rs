@@ -230,45 +230,42 @@ impl CustomOp3 for LayerNormGrad {
         let eps = self.eps;
         fn go<T: Float>(x: &[T], g: &[T], dy: &[T], d: usize, eps: f64) -> CpuStorage {
             let n = x.len();
+            let rows = n / d;
             let mut out = vec![T::zero(); n + 2 * d];
             let (dx, rest) = out.split_at_mut(n);
             let dn = T::from(d).unwrap();
-            rows_mut(dx, d, |i, dxr| {
-                let x = &x[i * d..(i + 1) * d];
-                let dy = &dy[i * d..(i + 1) * d];
-                let (m, r) = stats(x, eps);
-                let (mut s1, mut s2) = (T::zero(), T::zero());
-                for j in 0..d {
-                    let dxh = dy[j] * g[j];
-                    s1 = s1 + dxh;
-                    s2 = s2 + dxh * (x[j] - m) * r;
-                }
-                let (s1, s2) = (s1 / dn, s2 / dn);
-                for j in 0..d {
-                    let xh = (x[j] - m) * r;
-                    dxr[j] = r * (dy[j] * g[j] - s1 - xh * s2);
-                }
-            });
-            // dgamma, dbeta: partial sums over blocks of rows (fixed blocks, so the result does
-            // not depend on the thread count), added in block order.
-            let rows = n / d;
-            let block = 256;
-            let partial: Vec<Vec<T>> = (0..rows.div_ceil(block))
-                .into_par_iter()
-                .map(|bi| {
+            // Blocks of rows in parallel: each writes its rows of dx and returns its partial
+            // dgamma / dbeta, summed in block order (independent of the thread count).
+            let block = 64;
+            let partial: Vec<Vec<T>> = dx
+                .par_chunks_mut(block * d)
+                .enumerate()
+                .map(|(bi, dxb)| {
                     let mut acc = vec![T::zero(); 2 * d];
-                    for i in bi * block..((bi + 1) * block).min(rows) {
+                    for (k, dxr) in dxb.chunks_mut(d).enumerate() {
+                        let i = bi * block + k;
                         let x = &x[i * d..(i + 1) * d];
                         let dy = &dy[i * d..(i + 1) * d];
                         let (m, r) = stats(x, eps);
+                        let (mut s1, mut s2) = (T::zero(), T::zero());
                         for j in 0..d {
-                            acc[j] = acc[j] + dy[j] * (x[j] - m) * r;
+                            let xh = (x[j] - m) * r;
+                            let dxh = dy[j] * g[j];
+                            s1 = s1 + dxh;
+                            s2 = s2 + dxh * xh;
+                            acc[j] = acc[j] + dy[j] * xh;
                             acc[d + j] = acc[d + j] + dy[j];
+                        }
+                        let (s1, s2) = (s1 / dn, s2 / dn);
+                        for j in 0..d {
+                            let xh = (x[j] - m) * r;
+                            dxr[j] = r * (dy[j] * g[j] - s1 - xh * s2);
                         }
                     }
                     acc
                 })
                 .collect();
+            debug_assert_eq!(partial.len(), rows.div_ceil(block));
             for acc in partial {
                 for (o, a) in rest.iter_mut().zip(acc) {
                     *o = *o + a;
