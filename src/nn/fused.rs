@@ -71,6 +71,7 @@ impl<T> Ptr<T> {
 ///
 /// # Safety
 /// Every element must be written before the buffer is read or returned.
+#[allow(clippy::uninit_vec)] // deliberate: the callers' SAFETY comments show each full write
 unsafe fn uninit<T: Copy>(n: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     v.set_len(n);
