@@ -246,3 +246,17 @@ fn every_option_matches_finite_differences() {
         check_model(name, cfg);
     }
 }
+
+#[test]
+fn fast_f32_exp_is_accurate_and_exactly_zero_when_masked() {
+    let mut worst = 0f64;
+    for i in 0..=200_000 {
+        let x = -87.0 + i as f64 * (175.0 / 200_000.0);
+        let exact = (x as f32 as f64).exp(); // of the f32 input actually passed
+        let rel = ((ops::fast_exp(x as f32) as f64) - exact).abs() / exact;
+        worst = worst.max(rel);
+    }
+    assert!(worst < 3e-7, "worst relative error {worst}");
+    assert_eq!(ops::fast_exp(-1e9), 0.0);
+    assert_eq!(ops::fast_exp(0.0), 1.0);
+}

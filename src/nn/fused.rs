@@ -18,14 +18,10 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-trait Elem: num_traits::Float + Send + Sync + Copy + 'static + std::iter::Sum {
-    fn store(v: Vec<Self>) -> CpuStorage;
+trait Elem: ops::Float {
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
 }
 impl Elem for f32 {
-    fn store(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F32(v)
-    }
     fn slice(s: &CpuStorage) -> Option<&[Self]> {
         match s {
             CpuStorage::F32(v) => Some(v),
@@ -34,9 +30,6 @@ impl Elem for f32 {
     }
 }
 impl Elem for f64 {
-    fn store(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F64(v)
-    }
     fn slice(s: &CpuStorage) -> Option<&[Self]> {
         match s {
             CpuStorage::F64(v) => Some(v),
@@ -207,7 +200,10 @@ impl CustomOp3 for Linear {
                     out,
                     self.gelu,
                 );
-                (f32::store(y), pre.map(f32::store))
+                (
+                    <f32 as ops::Float>::store(y),
+                    pre.map(<f32 as ops::Float>::store),
+                )
             }
             DType::F64 => {
                 let (y, pre) = linear_fwd::<f64>(
@@ -219,7 +215,10 @@ impl CustomOp3 for Linear {
                     out,
                     self.gelu,
                 );
-                (f64::store(y), pre.map(f64::store))
+                (
+                    <f64 as ops::Float>::store(y),
+                    pre.map(<f64 as ops::Float>::store),
+                )
             }
             d => candle_core::bail!("fused linear supports f32 and f64, not {d:?}"),
         };
@@ -343,7 +342,7 @@ impl CustomOp3 for LinearGrad {
                     Some(CpuStorage::F32(v)) => Some(&v[..]),
                     _ => None,
                 };
-                f32::store(linear_bwd(
+                <f32 as ops::Float>::store(linear_bwd(
                     slice(xs, xl, "linear x")?,
                     slice(ws, wl, "linear w")?,
                     slice(gs, gl, "linear grad")?,
@@ -358,7 +357,7 @@ impl CustomOp3 for LinearGrad {
                     Some(CpuStorage::F64(v)) => Some(&v[..]),
                     _ => None,
                 };
-                f64::store(linear_bwd(
+                <f64 as ops::Float>::store(linear_bwd(
                     slice(xs, xl, "linear x")?,
                     slice(ws, wl, "linear w")?,
                     slice(gs, gl, "linear grad")?,
@@ -489,7 +488,7 @@ impl Attention {
                     }
                     let mut s = T::zero();
                     for x in row.iter_mut() {
-                        *x = (*x - m).exp();
+                        *x = ops::Float::fexp(*x - m);
                         s = s + *x;
                     }
                     let inv = T::one() / s;
@@ -547,7 +546,7 @@ impl CustomOp3 for Attention {
                     slice(ps, pl, "attention patterns")?,
                     &g,
                 );
-                (f32::store(y), f32::store(p))
+                (<f32 as ops::Float>::store(y), <f32 as ops::Float>::store(p))
             }
             DType::F64 => {
                 let (y, p) = self.fwd::<f64>(
@@ -556,7 +555,7 @@ impl CustomOp3 for Attention {
                     slice(ps, pl, "attention patterns")?,
                     &g,
                 );
-                (f64::store(y), f64::store(p))
+                (<f64 as ops::Float>::store(y), <f64 as ops::Float>::store(p))
             }
             d => candle_core::bail!("fused attention supports f32 and f64, not {d:?}"),
         };
@@ -702,13 +701,13 @@ impl candle_core::CustomOp2 for AttentionGrad {
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("attention probabilities missing".into()))?;
         let st = match (qs.dtype(), probs) {
-            (DType::F32, CpuStorage::F32(p)) => f32::store(self.go::<f32>(
+            (DType::F32, CpuStorage::F32(p)) => <f32 as ops::Float>::store(self.go::<f32>(
                 slice(qs, ql, "attention qkv")?,
                 slice(gs, gl, "attention grad")?,
                 &p[..],
                 &g,
             )),
-            (DType::F64, CpuStorage::F64(p)) => f64::store(self.go::<f64>(
+            (DType::F64, CpuStorage::F64(p)) => <f64 as ops::Float>::store(self.go::<f64>(
                 slice(qs, ql, "attention qkv")?,
                 slice(gs, gl, "attention grad")?,
                 &p[..],
