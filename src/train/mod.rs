@@ -6,8 +6,8 @@ pub mod optim;
 pub mod schedule;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint, Resumed};
-pub use optim::{OptimConfig, OptimKind, Optimizer};
-pub use schedule::Schedule;
+pub use optim::{OptimConfig, OptimKind, Optimizer, StepStats};
+pub use schedule::{Schedule, ScheduleKind};
 
 /// Backpropagates `loss` and applies one optimiser update (clipping and schedule included).
 pub fn backward_step(
