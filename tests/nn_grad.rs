@@ -260,3 +260,41 @@ fn fast_f32_exp_is_accurate_and_exactly_zero_when_masked() {
     assert_eq!(ops::fast_exp(-1e9), 0.0);
     assert_eq!(ops::fast_exp(0.0), 1.0);
 }
+
+#[test]
+fn f32_gelu_kernels_match_the_f64_reference() {
+    let v: Vec<f64> = (0..=4000).map(|i| -12.0 + i as f64 * 0.006).collect();
+    let x64 = Var::from_tensor(&Tensor::new(v.as_slice(), &Device::Cpu).unwrap()).unwrap();
+    let x32 = Var::from_tensor(&x64.to_dtype(candle_core::DType::F32).unwrap()).unwrap();
+    let y64 = ops::gelu_erf(x64.as_tensor()).unwrap();
+    let y32 = ops::gelu_erf(x32.as_tensor()).unwrap();
+    let g64 = y64.sum_all().unwrap().backward().unwrap();
+    let g32 = y32.sum_all().unwrap().backward().unwrap();
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a.to_dtype(candle_core::DType::F64).unwrap() - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    // Value: relative to |x| (GELU grows like x); slope: absolute.
+    let rel = (y32.to_dtype(candle_core::DType::F64).unwrap() - &y64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .broadcast_div(&(x64.as_tensor().abs().unwrap() + 1.0).unwrap())
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(rel < 1e-6, "gelu relative error {rel}");
+    let slope = diff(
+        g32.get(x32.as_tensor()).unwrap(),
+        g64.get(x64.as_tensor()).unwrap(),
+    );
+    assert!(slope < 1e-6, "gelu slope error {slope}");
+}

@@ -168,7 +168,7 @@ fn linear_fwd<T: Elem + ops::Erf>(
         )
     };
     if gelu {
-        (ops::map1(&y, ops::gelu), Some(y))
+        (ops::gelu_vec(&y), Some(y))
     } else {
         (y, None)
     }
@@ -264,9 +264,7 @@ fn linear_bwd<T: Elem + ops::Erf>(
     let d: std::borrow::Cow<[T]> = match pre {
         None => g.into(),
         Some(pre) => {
-            let mut d = ops::map1(pre, ops::gelu_grad);
-            d.iter_mut().zip(g).for_each(|(a, &b)| *a = *a * b);
-            d.into()
+            ops::gelu_grad_mul_vec(pre, g).into()
         }
     };
     // SAFETY: dx and dw are GEMM outputs (read_dst = false); db is zeroed below.
