@@ -263,9 +263,7 @@ fn linear_bwd<T: Elem + ops::Erf>(
 ) -> Vec<T> {
     let d: std::borrow::Cow<[T]> = match pre {
         None => g.into(),
-        Some(pre) => {
-            ops::gelu_grad_mul_vec(pre, g).into()
-        }
+        Some(pre) => ops::gelu_grad_mul_vec(pre, g).into(),
     };
     // SAFETY: dx and dw are GEMM outputs (read_dst = false); db is zeroed below.
     let mut r = unsafe { uninit::<T>(rows * inp + out * inp + out) };

@@ -60,19 +60,23 @@ impl Float for f64 {
 /// scores must get probability exactly 0), `+inf` above 88.7.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
-    if x < -87.0 {
-        return 0.0;
-    }
-    if x > 88.7 {
-        return f32::INFINITY;
-    }
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let c = x.clamp(-87.0, 88.7);
+    // Round-to-nearest by the 1.5 * 2^23 trick: baseline x86-64 has no `floor` instruction.
+    let t = c * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = t - 12_582_912.0;
+    let r = c - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let v = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // Selects, not branches, so loops over it vectorise.
+    let v = if x > 88.7 { f32::INFINITY } else { v };
+    if x < -87.0 {
+        0.0
+    } else {
+        v
+    }
 }
 
 // ---------------------------------------------------------------- softmax
@@ -456,7 +460,9 @@ impl Erf for f32 {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { simd::gelu_avx2(x, out) };
         }
-        out.iter_mut().zip(x).for_each(|(o, &v)| *o = simd::gelu_f32(v));
+        out.iter_mut()
+            .zip(x)
+            .for_each(|(o, &v)| *o = simd::gelu_f32(v));
     }
     fn gelu_grad_mul_chunk(x: &[Self], g: &[Self], out: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
@@ -501,7 +507,8 @@ const CHUNK: usize = 4096;
 /// `gelu` of every element, in parallel chunks when large.
 pub(crate) fn gelu_vec<T: Erf>(x: &[T]) -> Vec<T> {
     let mut dst = vec![T::zero(); x.len()];
-    let body = |(i, out): (usize, &mut [T])| T::gelu_chunk(&x[i * CHUNK..i * CHUNK + out.len()], out);
+    let body =
+        |(i, out): (usize, &mut [T])| T::gelu_chunk(&x[i * CHUNK..i * CHUNK + out.len()], out);
     if x.len() >= PAR_MIN {
         dst.par_chunks_mut(CHUNK).enumerate().for_each(body);
     } else {
@@ -588,7 +595,6 @@ pub(crate) fn gelu<T: Erf>(x: T) -> T {
     let h = T::from(0.5).unwrap();
     h * x * (T::one() + (x * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf())
 }
-
 
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
