@@ -57,10 +57,10 @@ impl Float for f64 {
 
 /// `e^x` for f32 with relative error below 2e-7: `x = n ln2 + r`, `|r| <= ln2 / 2`, degree-6
 /// Taylor polynomial for `e^r`, `2^n` from the exponent bits. Exactly 0 below -87 (masked
-/// scores must get probability exactly 0), `+inf` above 88.7.
+/// scores must get probability exactly 0), `+inf` above 88 (softmax arguments are <= 0).
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
-    let c = x.clamp(-87.0, 88.7);
+    let c = x.max(-87.0).min(88.0);
     // Round-to-nearest by the 1.5 * 2^23 trick: baseline x86-64 has no `floor` instruction.
     let t = c * std::f32::consts::LOG2_E + 12_582_912.0;
     let n = t - 12_582_912.0;
@@ -69,9 +69,11 @@ pub fn fast_exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let v = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // SAFETY: |n| <= 127 after the clamp, so the conversion is exact.
+    let k = unsafe { n.to_int_unchecked::<i32>() };
+    let v = p * f32::from_bits(((k + 127) as u32) << 23);
     // Selects, not branches, so loops over it vectorise.
-    let v = if x > 88.7 { f32::INFINITY } else { v };
+    let v = if x > 88.0 { f32::INFINITY } else { v };
     if x < -87.0 {
         0.0
     } else {
@@ -539,7 +541,7 @@ mod simd {
     /// `e^x` without branches (clamped to [-87, 88]; GELU needs no exact zero).
     #[inline(always)]
     fn exp_nb(x: f32) -> f32 {
-        let x = x.clamp(-87.0, 88.0);
+        let x = x.max(-87.0).min(88.0);
         // Round-to-nearest by the 1.5 * 2^23 trick (no `floor` call).
         let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
         let n = t - 12_582_912.0;
@@ -548,7 +550,10 @@ mod simd {
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        // SAFETY: |n| <= 127 after the clamp, so the conversion is exact (and, unlike `as`,
+        // needs no saturation code, which kept the loop from vectorising).
+        let k = unsafe { n.to_int_unchecked::<i32>() };
+        p * f32::from_bits(((k + 127) as u32) << 23)
     }
 
     /// `(erf(x / sqrt 2), exp(-x^2 / 2))` by Abramowitz & Stegun 7.1.26.
