@@ -59,6 +59,7 @@ impl Float for f64 {
 /// Taylor polynomial for `e^r`, `2^n` from the exponent bits. Exactly 0 below -87 (masked
 /// scores must get probability exactly 0), `+inf` above 88 (softmax arguments are <= 0).
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // max/min vectorise; `clamp`'s NaN handling did not
 pub fn fast_exp(x: f32) -> f32 {
     let c = x.max(-87.0).min(88.0);
     // Round-to-nearest by the 1.5 * 2^23 trick: baseline x86-64 has no `floor` instruction.
@@ -540,6 +541,7 @@ pub(crate) fn gelu_grad_mul_vec<T: Erf>(x: &[T], g: &[T]) -> Vec<T> {
 mod simd {
     /// `e^x` without branches (clamped to [-87, 88]; GELU needs no exact zero).
     #[inline(always)]
+    #[allow(clippy::manual_clamp)] // max/min vectorise; `clamp`'s NaN handling did not
     fn exp_nb(x: f32) -> f32 {
         let x = x.max(-87.0).min(88.0);
         // Round-to-nearest by the 1.5 * 2^23 trick (no `floor` call).
