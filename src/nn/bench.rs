@@ -201,6 +201,33 @@ pub fn attnlab_trainer(c: &BenchConfig, profile: bool) -> Result<Trainer> {
             o += (t3 - t2).as_secs_f64();
         }
         let ms = |v: f64| 1e3 * v / n as f64;
+        // The attention core alone (forward, then backward), per layer.
+        {
+            let h = c.model.n_heads;
+            let dh = c.model.d_head();
+            let qkv = candle_core::Var::randn(0f32, 1.0, (c.batch, c.seq, 3 * h * dh), &dev)?;
+            let bias = Tensor::zeros((1, 1, c.seq, c.seq), DType::F32, &dev)?;
+            let pat = Tensor::zeros(1, DType::F32, &dev)?;
+            let shape = crate::nn::fused::AttnShape {
+                heads: h,
+                fixed: 0,
+                d_head: dh,
+            };
+            let (mut tf, mut tb) = (0.0, 0.0);
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                let (y, _) = crate::nn::fused::attention(qkv.as_tensor(), &bias, &pat, shape, false)?;
+                let t1 = Instant::now();
+                let _ = y.sum_all()?.backward()?;
+                tf += (t1 - t0).as_secs_f64();
+                tb += (t1.elapsed()).as_secs_f64();
+            }
+            eprintln!(
+                "  attention core per layer: forward {:.2} ms, backward {:.2} ms",
+                1e3 * tf / 5.0,
+                1e3 * tb / 5.0
+            );
+        }
         // The model's largest GEMM shapes, alone: (rows x in) @ (in x out).
         let rows = c.batch * c.seq;
         let d = c.model.d_model;
