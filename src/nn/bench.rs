@@ -216,7 +216,8 @@ pub fn attnlab_trainer(c: &BenchConfig, profile: bool) -> Result<Trainer> {
             let (mut tf, mut tb) = (0.0, 0.0);
             for _ in 0..5 {
                 let t0 = Instant::now();
-                let (y, _) = crate::nn::fused::attention(qkv.as_tensor(), &bias, &pat, shape, false)?;
+                let (y, _) =
+                    crate::nn::fused::attention(qkv.as_tensor(), &bias, &pat, shape, false)?;
                 let t1 = Instant::now();
                 let _ = y.sum_all()?.backward()?;
                 tf += (t1 - t0).as_secs_f64();
