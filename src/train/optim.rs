@@ -194,21 +194,28 @@ fn update<T: num_traits::Float>(
     // Adam's step size and denominator scale with the bias corrections folded in.
     let step = lr / f(h.bc1);
     let sqrt_bc2 = f(h.bc2.sqrt());
-    for i in 0..w.len() {
-        let mut gi = g[i] * scale;
-        match h.c.kind {
-            OptimKind::AdamW | OptimKind::Adam => {
-                if h.c.kind == OptimKind::AdamW {
-                    w[i] = w[i] * (one - lr * wd);
-                } else {
-                    gi = gi + wd * w[i];
-                }
+    // One loop per kind, without branches inside, so each vectorises.
+    match h.c.kind {
+        OptimKind::AdamW => {
+            let shrink = one - lr * wd;
+            for i in 0..w.len() {
+                let gi = g[i] * scale;
+                m[i] = b1 * m[i] + (one - b1) * gi;
+                v[i] = b2 * v[i] + (one - b2) * gi * gi;
+                w[i] = w[i] * shrink - step * m[i] / (v[i].sqrt() / sqrt_bc2 + eps);
+            }
+        }
+        OptimKind::Adam => {
+            for i in 0..w.len() {
+                let gi = g[i] * scale + wd * w[i];
                 m[i] = b1 * m[i] + (one - b1) * gi;
                 v[i] = b2 * v[i] + (one - b2) * gi * gi;
                 w[i] = w[i] - step * m[i] / (v[i].sqrt() / sqrt_bc2 + eps);
             }
-            OptimKind::Sgd => {
-                gi = gi + wd * w[i];
+        }
+        OptimKind::Sgd => {
+            for i in 0..w.len() {
+                let mut gi = g[i] * scale + wd * w[i];
                 if mom > T::zero() {
                     // PyTorch: the buffer starts as the first gradient.
                     m[i] = if h.first { gi } else { mom * m[i] + gi };
@@ -264,19 +271,31 @@ impl Optimizer {
 
     /// One update from `grads` (parameters without a gradient are left alone, state included).
     pub fn step(&mut self, grads: &GradStore) -> Result<StepStats> {
-        let gs: Vec<Option<Tensor>> = self
+        // Gradients to host buffers in the parameter's precision, with their squared norms
+        // (f64, summed in parameter order so the result does not depend on scheduling).
+        let gs: Vec<Option<(Buf, f64)>> = self
             .params
-            .iter()
-            .map(|p| grads.get(p.var.as_tensor()).cloned())
-            .collect();
-        let mut sq = 0.0f64;
-        for g in gs.iter().flatten() {
-            sq += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
-        }
+            .par_iter()
+            .map(|p| -> Result<Option<(Buf, f64)>> {
+                let Some(g) = grads.get(p.var.as_tensor()) else {
+                    return Ok(None);
+                };
+                let g = g.flatten_all()?;
+                Ok(Some(match p.m {
+                    Buf::F32(_) => {
+                        let v = g.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                        let sq = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+                        (Buf::F32(v), sq)
+                    }
+                    Buf::F64(_) => {
+                        let v = g.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                        let sq = v.iter().map(|&x| x * x).sum();
+                        (Buf::F64(v), sq)
+                    }
+                }))
+            })
+            .collect::<Result<_>>()?;
+        let sq: f64 = gs.iter().flatten().map(|(_, s)| s).sum();
         let norm = sq.sqrt();
         if !norm.is_finite() {
             bail!(
@@ -303,19 +322,17 @@ impl Optimizer {
             .par_iter_mut()
             .zip(gs.into_par_iter())
             .map(|(p, g)| -> Result<Option<Tensor>> {
-                let Some(g) = g else { return Ok(None) };
+                let Some((g, _)) = g else { return Ok(None) };
                 let t = p.var.as_tensor();
                 let wd = if p.decay { h.c.weight_decay } else { 0.0 };
-                let new = match (&mut p.m, &mut p.v) {
-                    (Buf::F32(m), Buf::F32(v)) => {
+                let new = match (&mut p.m, &mut p.v, g) {
+                    (Buf::F32(m), Buf::F32(v), Buf::F32(g)) => {
                         let mut w = t.flatten_all()?.to_vec1::<f32>()?;
-                        let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                         update(&h, wd, &mut w, &g, m, v);
                         Tensor::from_vec(w, t.shape(), t.device())?
                     }
-                    (Buf::F64(m), Buf::F64(v)) => {
+                    (Buf::F64(m), Buf::F64(v), Buf::F64(g)) => {
                         let mut w = t.flatten_all()?.to_vec1::<f64>()?;
-                        let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
                         update(&h, wd, &mut w, &g, m, v);
                         Tensor::from_vec(w, t.shape(), t.device())?
                     }
