@@ -477,18 +477,10 @@ impl Attention {
                 let bb = if g.bias_b == 1 { 0 } else { bi };
                 let brow = &bias[bb * t * t..(bb + 1) * t * t];
                 for (row, br) in p.chunks_mut(t).zip(brow.chunks(t)) {
-                    let mut m = T::neg_infinity();
                     for (x, &bv) in row.iter_mut().zip(br) {
                         *x = *x + bv;
-                        m = m.max(*x);
                     }
-                    let mut s = T::zero();
-                    for x in row.iter_mut() {
-                        *x = ops::Float::fexp(*x - m);
-                        s = s + *x;
-                    }
-                    let inv = T::one() / s;
-                    row.iter_mut().for_each(|x| *x = *x * inv);
+                    ops::softmax_in_place(row);
                 }
             }
             // y[bi, :, hi*dh..] = P @ V_hi
@@ -633,7 +625,7 @@ impl AttentionGrad {
                     Parallelism::None,
                 );
                 for (drow, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                    let dot: T = drow.iter().zip(prow).map(|(&a, &b)| a * b).sum();
+                    let dot = ops::lane_sum2(drow, prow, |a, b| a * b);
                     for (a, &b) in drow.iter_mut().zip(prow) {
                         *a = b * (*a - dot);
                     }

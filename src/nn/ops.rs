@@ -87,19 +87,58 @@ pub fn fast_exp(x: f32) -> f32 {
 struct Softmax;
 struct SoftmaxGrad;
 
-fn softmax_rows<T: Float>(src: &[T], d: usize) -> Vec<T> {
-    let mut dst = vec![T::zero(); src.len()];
-    rows_mut(&mut dst, d, |i, out| {
-        let x = &src[i * d..(i + 1) * d];
-        let m = x.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-        let mut s = T::zero();
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = (v - m).fexp();
-            s = s + *o;
+/// Sum with 8 independent partial sums, so the loop vectorises (a single running sum is a
+/// dependency chain the compiler may not reorder).
+#[inline(always)]
+pub(crate) fn lane_sum<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = acc[l] + c[l];
         }
-        let inv = T::one() / s;
-        out.iter_mut().for_each(|o| *o = *o * inv);
-    });
+    }
+    let mut s = rest.iter().fold(T::zero(), |a, &b| a + b);
+    for a in acc {
+        s = s + a;
+    }
+    s
+}
+
+/// `sum_i f(a_i, b_i)` with 8 independent partial sums (see [`lane_sum`]).
+#[inline(always)]
+pub(crate) fn lane_sum2<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+    let n = a.len().min(b.len());
+    let mut acc = [T::zero(); 8];
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for l in 0..8 {
+            acc[l] = acc[l] + f(a[i + l], b[i + l]);
+        }
+    }
+    let mut s = T::zero();
+    for i in full..n {
+        s = s + f(a[i], b[i]);
+    }
+    for v in acc {
+        s = s + v;
+    }
+    s
+}
+
+/// Softmax of one row in place: max, then `exp` in its own loop (vectorisable), lane sum, scale.
+#[inline(always)]
+pub(crate) fn softmax_in_place<T: Float>(row: &mut [T]) {
+    let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+    row.iter_mut().for_each(|x| *x = (*x - m).fexp());
+    let inv = T::one() / lane_sum(row);
+    row.iter_mut().for_each(|x| *x = *x * inv);
+}
+
+fn softmax_rows<T: Float>(src: &[T], d: usize) -> Vec<T> {
+    let mut dst = src.to_vec();
+    rows_mut(&mut dst, d, |_, out| softmax_in_place(out));
     dst
 }
 
@@ -178,8 +217,8 @@ struct LayerNormGrad {
 
 fn stats<T: Float>(x: &[T], eps: f64) -> (T, T) {
     let n = T::from(x.len()).unwrap();
-    let mean = x.iter().copied().sum::<T>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+    let mean = lane_sum(x) / n;
+    let var = lane_sum2(x, x, |v, _| (v - mean) * (v - mean)) / n;
     (mean, T::one() / (var + T::from(eps).unwrap()).sqrt())
 }
 
