@@ -178,7 +178,7 @@ impl CustomOp2 for SoftmaxGrad {
             let mut dst = vec![T::zero(); y.len()];
             rows_mut(&mut dst, d, |i, out| {
                 let (y, g) = (&y[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
-                let dot: T = y.iter().zip(g).map(|(&a, &b)| a * b).sum();
+                let dot = lane_sum2(y, g, |a, b| a * b);
                 for ((o, &a), &b) in out.iter_mut().zip(y).zip(g) {
                     *o = a * (b - dot);
                 }
@@ -319,24 +319,24 @@ impl CustomOp3 for LayerNormGrad {
                 .enumerate()
                 .map(|(bi, dxb)| {
                     let mut acc = vec![T::zero(); 2 * d];
+                    // Row scratch so every loop below is a plain elementwise pass or lane sum.
+                    let (mut xh, mut dxh) = (vec![T::zero(); d], vec![T::zero(); d]);
                     for (k, dxr) in dxb.chunks_mut(d).enumerate() {
                         let i = bi * block + k;
                         let x = &x[i * d..(i + 1) * d];
                         let dy = &dy[i * d..(i + 1) * d];
                         let (m, r) = stats(x, eps);
-                        let (mut s1, mut s2) = (T::zero(), T::zero());
                         for j in 0..d {
-                            let xh = (x[j] - m) * r;
-                            let dxh = dy[j] * g[j];
-                            s1 = s1 + dxh;
-                            s2 = s2 + dxh * xh;
-                            acc[j] = acc[j] + dy[j] * xh;
-                            acc[d + j] = acc[d + j] + dy[j];
+                            xh[j] = (x[j] - m) * r;
+                            dxh[j] = dy[j] * g[j];
                         }
-                        let (s1, s2) = (s1 / dn, s2 / dn);
+                        let s1 = lane_sum(&dxh) / dn;
+                        let s2 = lane_sum2(&dxh, &xh, |a, b| a * b) / dn;
+                        let (ag, ab) = acc.split_at_mut(d);
                         for j in 0..d {
-                            let xh = (x[j] - m) * r;
-                            dxr[j] = r * (dy[j] * g[j] - s1 - xh * s2);
+                            ag[j] = ag[j] + dy[j] * xh[j];
+                            ab[j] = ab[j] + dy[j];
+                            dxr[j] = r * (dxh[j] - s1 - xh[j] * s2);
                         }
                     }
                     acc
