@@ -309,3 +309,24 @@ fn save_drop_resume_gives_identical_losses() {
         .to_string();
     assert!(e.contains("another model config"), "{e}");
 }
+
+#[test]
+fn weighted_cross_entropy_counts_only_weighted_positions() {
+    // Two positions: logits favour class 0 at position 0 and class 1 at position 1.
+    let logits = Tensor::new(&[[[2.0f64, 0.0], [0.0, 3.0]]], &Device::Cpu).unwrap();
+    let targets = Tensor::new(&[[0u32, 0]], &Device::Cpu).unwrap();
+    let w = Tensor::new(&[[1.0f64, 0.0]], &Device::Cpu).unwrap();
+    let l = nn::cross_entropy(&logits, &targets, Some(&w))
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let expect = -(2f64.exp() / (2f64.exp() + 1.0)).ln();
+    assert!((l - expect).abs() < 1e-12, "{l} vs {expect}");
+    let zero = Tensor::zeros((1, 2), DType::F64, &Device::Cpu).unwrap();
+    let e = nn::cross_entropy(&logits, &targets, Some(&zero))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("weights"), "{e}");
+    assert_eq!(nn::accuracy(&logits, &targets, Some(&w)).unwrap(), 1.0);
+    assert_eq!(nn::accuracy(&logits, &targets, None).unwrap(), 0.5);
+}

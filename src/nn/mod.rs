@@ -83,8 +83,18 @@ pub fn cross_entropy(
     Ok(match weights {
         None => nll.mean_all()?,
         Some(w) => {
+            if w.dims() != [b, t] {
+                anyhow::bail!(
+                    "`weights` has shape {:?}, expected (batch, T) = ({b}, {t})",
+                    w.dims()
+                );
+            }
             let w = w.to_dtype(logits.dtype())?.reshape(b * t)?;
-            (nll.mul(&w)?.sum_all()? / w.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)?
+            let total = w.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if total <= 0.0 {
+                anyhow::bail!("`weights` sum to {total}: at least one position must count");
+            }
+            (nll.mul(&w)?.sum_all()? / total)?
         }
     })
 }
