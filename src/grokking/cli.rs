@@ -9,7 +9,7 @@ use super::config::GrokkingExperiment;
 use super::dyck::{self, DyckConfig, SplitCriterion};
 use super::grammar::{self, GrammarExample, GrammarTask};
 use super::SplitSizes;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 use std::io::Write;
@@ -30,6 +30,37 @@ pub enum GrokkingCmd {
         /// Files to check.
         files: Vec<PathBuf>,
     },
+    /// Train one Dyck LM (one depth, one seed), evaluating as the config says; resumable.
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// An experiment file under experiments/grokking/.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub preset: PresetArg,
+    /// Number of layers (default: the preset's first depth).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Overrides the preset's step count.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Run directory (default runs/grokking/<config>-<preset>-L<depth>-seed<seed>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the final evaluation as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PresetArg {
+    Cpu,
+    Paper,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,7 +127,67 @@ pub fn run(a: GrokkingArgs) -> Result<()> {
     match a.cmd {
         GrokkingCmd::Sample(s) => sample(&s),
         GrokkingCmd::CheckConfigs { files } => check_configs(files),
+        GrokkingCmd::Train(t) => train(t),
     }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let exp = super::config::GrokkingExperiment::load(&a.config)?;
+    let mut preset = match a.preset {
+        PresetArg::Cpu => exp.cpu.clone(),
+        PresetArg::Paper => exp.paper.clone(),
+    };
+    if let Some(s) = a.steps {
+        crate::config::require(s >= 1, "--steps", "must be at least 1")?;
+        preset.train.steps = s;
+    }
+    let depth = a.depth.unwrap_or(preset.depths[0]);
+    crate::config::require(depth >= 1, "--depth", "must be at least 1")?;
+    let name = a
+        .config
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("run");
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from(
+            format!(
+                "runs/grokking/{name}-{:?}-L{depth}-seed{}",
+                a.preset, a.seed
+            )
+            .to_lowercase(),
+        )
+    });
+    let bar = crate::progress::bar(
+        preset.train.steps as u64,
+        &format!("grokking {name} L={depth} seed={}", a.seed),
+        a.json,
+    );
+    let control = super::train::RunControl {
+        checkpoint: Some(out.join("checkpoint.safetensors")),
+        stop: &crate::interrupt::requested,
+    };
+    let csv = out.join("metrics.csv");
+    let mut seen = Vec::new();
+    let history = super::train::train_dyck(&exp, &preset, depth, a.seed, &control, &mut |p| {
+        bar.set_position(p.step as u64);
+        bar.set_message(format!(
+            "grokking {name} L={depth}: val {:.3} gen {:.3}",
+            p.val_acc, p.gen_acc
+        ));
+        seen.push(p.clone());
+        // Metrics so far survive an interruption.
+        let _ = super::train::write_history(&csv, &seen);
+    })?;
+    bar.finish_and_clear();
+    super::train::write_history(&csv, &history)?;
+    let last = history.last().context("a run evaluates at least once")?;
+    if a.json {
+        println!("{}", serde_json::to_string(last)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(last)?);
+        eprintln!("metrics written to {}", csv.display());
+    }
+    Ok(())
 }
 
 fn check_configs(mut files: Vec<PathBuf>) -> Result<()> {
