@@ -55,6 +55,10 @@ pub struct FiguresArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Redraw the PNGs (and rewrite the CSVs) from the charts stored in each figure's JSON,
+    /// computing nothing; for changes to the plotting code.
+    #[arg(long, conflicts_with = "force")]
+    pub replot: bool,
     /// List the registered figures and exit.
     #[arg(long)]
     pub list: bool,
@@ -81,6 +85,8 @@ pub struct Figure {
     /// What it shows, one line (goes into the index).
     pub what: &'static str,
     pub compute: fn(&FigureContext) -> Result<FigureOutput>,
+    /// Parses and range-checks the config file (every preset) without computing anything.
+    pub check: fn(&Path) -> Result<()>,
 }
 
 impl Figure {
@@ -109,6 +115,9 @@ pub struct FigureRecord {
     pub version: String,
     pub seconds: f64,
     pub summary: serde_json::Value,
+    /// Every panel as drawn, so `--replot` can redraw without recomputing.
+    #[serde(default)]
+    pub charts: Vec<Chart>,
 }
 
 /// SHA-256 over the config contents, the preset and the crate version.
@@ -164,12 +173,22 @@ pub fn run(a: FiguresArgs) -> Result<()> {
         })?;
         let key = cache_key(&text, a.preset);
         let (png, csv, json) = files(&a.out, f.name);
-        let cached = std::fs::read_to_string(&json)
+        let record = std::fs::read_to_string(&json)
             .ok()
-            .and_then(|s| serde_json::from_str::<FigureRecord>(&s).ok())
-            .is_some_and(|r| r.cache_key == key)
-            && png.exists()
-            && csv.exists();
+            .and_then(|s| serde_json::from_str::<FigureRecord>(&s).ok());
+        if a.replot {
+            let Some(rec) = record.filter(|r| !r.charts.is_empty()) else {
+                bail!(
+                    "`--replot` needs `{}` with stored charts: run without --replot first",
+                    json.display()
+                );
+            };
+            crate::plot::draw_png(&png, &rec.charts)?;
+            crate::io::write_atomic(&csv, crate::plot::charts_csv(&rec.charts).as_bytes())?;
+            eprintln!("{}: redrawn {}", f.name, png.display());
+            continue;
+        }
+        let cached = record.is_some_and(|r| r.cache_key == key) && png.exists() && csv.exists();
         if cached && !a.force {
             eprintln!(
                 "{}: up to date (cache key matches; --force recomputes)",
@@ -198,6 +217,7 @@ pub fn run(a: FiguresArgs) -> Result<()> {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 seconds,
                 summary: out.summary,
+                charts: out.charts,
             },
         )?;
         eprintln!("{}: written {} ({seconds:.1} s)", f.name, png.display());

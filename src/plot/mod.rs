@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Once;
 
@@ -34,7 +35,7 @@ pub fn register_fonts() {
 }
 
 /// How a series is drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mark {
     /// Solid line (measurements).
     Line,
@@ -47,14 +48,18 @@ pub enum Mark {
 }
 
 /// One plotted series: a line (or points) with an optional band `lo..hi` around it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Series {
     pub label: String,
     pub mark: Mark,
+    #[serde(with = "rgb")]
     pub color: RGBColor,
+    #[serde(deserialize_with = "nan::vec")]
     pub x: Vec<f64>,
+    #[serde(deserialize_with = "nan::vec")]
     pub y: Vec<f64>,
     /// Band edges, one per x (e.g. min and max over seeds).
+    #[serde(deserialize_with = "nan::band")]
     pub band: Option<(Vec<f64>, Vec<f64>)>,
 }
 
@@ -109,7 +114,7 @@ impl Series {
 }
 
 /// One panel: axes, labels and series.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Chart {
     pub title: String,
     pub x_label: String,
@@ -117,8 +122,18 @@ pub struct Chart {
     pub x_log: bool,
     pub y_log: bool,
     pub series: Vec<Series>,
-    /// Where the legend goes.
-    pub legend_upper: bool,
+    /// Where the legend goes (a corner the data leave empty).
+    pub legend: Corner,
+}
+
+/// A corner of the plotting area.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Corner {
+    UpperLeft,
+    UpperRight,
+    #[default]
+    LowerLeft,
+    LowerRight,
 }
 
 /// Colours that stay distinct for the usual few series (Okabe-Ito, colour-blind safe).
@@ -265,6 +280,8 @@ where
         .y_desc(&c.y_label)
         .label_style((FONT, 17))
         .axis_desc_style((FONT, 20))
+        .x_labels(8)
+        .y_labels(8)
         .x_label_formatter(&fmt)
         .y_label_formatter(&fmt)
         .light_line_style(RGBColor(235, 235, 235))
@@ -330,9 +347,9 @@ where
             };
             // Line: one stroke; dashed: two short strokes; points: a dot only.
             let (seg1, seg2) = match mark {
-                Mark::Dashed => (vec![(0, 0), (11, 0)], vec![(17, 0), (28, 0)]),
-                Mark::Points => (vec![(14, 0), (14, 0)], vec![(14, 0), (14, 0)]),
-                _ => (vec![(0, 0), (28, 0)], vec![(0, 0), (28, 0)]),
+                Mark::Dashed => (vec![(0, 0), (8, 0)], vec![(13, 0), (22, 0)]),
+                Mark::Points => (vec![(11, 0), (11, 0)], vec![(11, 0), (11, 0)]),
+                _ => (vec![(0, 0), (22, 0)], vec![(0, 0), (22, 0)]),
             };
             let dot = if matches!(mark, Mark::Points | Mark::LinePoints) {
                 5
@@ -340,18 +357,19 @@ where
                 0
             };
             EmptyElement::at((x, y))
-                + Rectangle::new([(0, -7), (28, 7)], band_fill)
+                + Rectangle::new([(0, -7), (22, 7)], band_fill)
                 + PathElement::new(seg1, line)
                 + PathElement::new(seg2, line)
-                + Circle::new((14, 0), dot, color.filled())
+                + Circle::new((11, 0), dot, color.filled())
         });
     }
     chart
         .configure_series_labels()
-        .position(if c.legend_upper {
-            SeriesLabelPosition::UpperRight
-        } else {
-            SeriesLabelPosition::LowerLeft
+        .position(match c.legend {
+            Corner::UpperLeft => SeriesLabelPosition::UpperLeft,
+            Corner::UpperRight => SeriesLabelPosition::UpperRight,
+            Corner::LowerLeft => SeriesLabelPosition::LowerLeft,
+            Corner::LowerRight => SeriesLabelPosition::LowerRight,
         })
         .label_font((FONT, 17))
         .background_style(WHITE.mix(0.85))
@@ -384,4 +402,38 @@ pub fn charts_csv(charts: &[Chart]) -> String {
         }
     }
     out
+}
+
+/// Colours as `[r, g, b]` in JSON (plotters' colour type has no serde support).
+mod rgb {
+    use plotters::style::RGBColor;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &RGBColor, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq([c.0, c.1, c.2])
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RGBColor, D::Error> {
+        let [r, g, b] = <[u8; 3]>::deserialize(d)?;
+        Ok(RGBColor(r, g, b))
+    }
+}
+
+/// JSON has no NaN (serde_json writes it as null): read null back as NaN (a point not drawn).
+mod nan {
+    use serde::{Deserialize, Deserializer};
+
+    fn fill(v: Vec<Option<f64>>) -> Vec<f64> {
+        v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect()
+    }
+
+    pub fn vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(fill(Vec::<Option<f64>>::deserialize(d)?))
+    }
+
+    type Edges = (Vec<Option<f64>>, Vec<Option<f64>>);
+
+    pub fn band<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(Vec<f64>, Vec<f64>)>, D::Error> {
+        Ok(Option::<Edges>::deserialize(d)?.map(|(a, b)| (fill(a), fill(b))))
+    }
 }

@@ -15,13 +15,14 @@ use super::train::{
 };
 use crate::config::require;
 use crate::figures::{Figure, FigureContext, FigureFile, FigureOutput};
-use crate::plot::{Chart, Mark, Series, COLORS};
-use anyhow::{anyhow, Result};
+use crate::plot::{Chart, Corner, Mark, Series, COLORS};
+use anyhow::{anyhow, Context, Result};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Seed of the encoding sample behind every theory curve (fixed, so a curve can be recomputed).
@@ -35,31 +36,37 @@ pub fn figures() -> Vec<Figure> {
             name: "sts/loss_curve",
             what: "population loss vs GD step (log-log) at two batch sizes beside the scalar recursion's L(c_t), and W's off-identity fraction.",
             compute: loss_curve,
+            check: |p| check_file::<LossCurveConfig>(p).map(|_| ()),
         },
         Figure {
             name: "sts/attention_mass",
             what: "attention mass on the selected tokens vs step (mean and worst case over the test set) beside the prediction.",
             compute: attention_mass,
+            check: |p| check_file::<AttentionMassConfig>(p).map(|_| ()),
         },
         Figure {
             name: "sts/floor_vs_de",
             what: "loss floor vs d_e (log-log): theory floor L(c*) and measured final loss, with fitted exponents.",
             compute: floor_vs_de,
+            check: |p| check_file::<FloorVsDeConfig>(p).map(|_| ()),
         },
         Figure {
             name: "sts/length_generalisation",
             what: "test loss vs test length T' (up to 8T) for stochastic and fixed encodings, beside the prediction L_T'(c).",
             compute: length_generalisation,
+            check: |p| check_file::<LengthGeneralisationConfig>(p).map(|_| ()),
         },
         Figure {
             name: "sts/fcn_width",
             what: "FCN test MSE vs first-layer width m over seeds, its lower bound, each net's certificate, and the transformer's loss.",
             compute: fcn_width,
+            check: |p| check_file::<FcnWidthConfig>(p).map(|_| ()),
         },
         Figure {
             name: "sts/separation",
             what: "width needed to reach a target error vs T: FCN width m against transformer d_e, measured and from the bounds.",
             compute: separation,
+            check: |p| check_file::<SeparationConfig>(p).map(|_| ()),
         },
     ]
 }
@@ -126,8 +133,23 @@ fn check_run(run: &RunConfig) -> Result<&TransformerConfig> {
         .ok_or_else(|| anyhow!("`run` needs a `[<preset>.run.transformer]` table"))
 }
 
-fn load<P: Clone + serde::de::DeserializeOwned>(ctx: &FigureContext) -> Result<P> {
-    Ok(FigureFile::<P>::load(ctx.config)?.preset(ctx.preset))
+/// A figure's config (one preset): parsed with `deny_unknown_fields`, then range-checked.
+pub trait FigureConfig: Clone + serde::de::DeserializeOwned {
+    fn check(&self) -> Result<()>;
+}
+
+/// Parses a figure config file and checks every preset; errors name the file and the preset.
+pub fn check_file<P: FigureConfig>(path: &Path) -> Result<FigureFile<P>> {
+    let f = FigureFile::<P>::load(path)?;
+    for (name, p) in [("cpu", &f.cpu), ("paper", &f.paper), ("tiny", &f.tiny)] {
+        p.check()
+            .with_context(|| format!("in `{}` [{name}]", path.display()))?;
+    }
+    Ok(f)
+}
+
+fn load<P: FigureConfig>(ctx: &FigureContext) -> Result<P> {
+    Ok(check_file::<P>(ctx.config)?.preset(ctx.preset))
 }
 
 fn bar(ctx: &FigureContext, total: u64, what: &str) -> ProgressBar {
@@ -187,15 +209,21 @@ pub struct LossCurveConfig {
     pub run: RunConfig,
 }
 
+impl FigureConfig for LossCurveConfig {
+    fn check(&self) -> Result<()> {
+        check_seeds(&self.seeds)?;
+        check_run(&self.run)?;
+        require(
+            !self.batches.is_empty() && self.batches.iter().all(|&b| b >= 1),
+            "batches",
+            "list at least one batch size >= 1",
+        )?;
+        Ok(())
+    }
+}
+
 fn loss_curve(ctx: &FigureContext) -> Result<FigureOutput> {
     let p: LossCurveConfig = load(ctx)?;
-    check_seeds(&p.seeds)?;
-    check_run(&p.run)?;
-    require(
-        !p.batches.is_empty() && p.batches.iter().all(|&b| b >= 1),
-        "batches",
-        "list at least one batch size >= 1",
-    )?;
     let total = steps_of(&p.run) * (p.seeds.len() * p.batches.len()) as u64;
     let pb = bar(ctx, total, "sts/loss_curve: training");
     let mut loss = Chart {
@@ -211,7 +239,7 @@ fn loss_curve(ctx: &FigureContext) -> Result<FigureOutput> {
         x_label: STEP_LABEL.into(),
         y_label: "||W - c I||_F / ||W||_F".into(),
         x_log: true,
-        legend_upper: true,
+        legend: Corner::UpperRight,
         ..Default::default()
     };
     let mut summary = serde_json::Map::new();
@@ -231,12 +259,17 @@ fn loss_curve(ctx: &FigureContext) -> Result<FigureOutput> {
             x_axis.clone(),
             &per_run(&runs, |p| p.loss),
         ));
+        // At step 0 W = 0 and the fraction is undefined: start at the first step.
+        let off_runs: Vec<Vec<f64>> = per_run(&runs, |p| p.off_identity)
+            .into_iter()
+            .map(|r| r[1..].to_vec())
+            .collect();
         off.series.push(Series::over_runs(
             format!("measured, batch {b}"),
             Mark::Line,
             color,
-            x_axis.clone(),
-            &per_run(&runs, |p| p.off_identity),
+            x_axis[1..].to_vec(),
+            &off_runs,
         ));
         let finals: Vec<f64> = runs.iter().map(|r| r.last().loss).collect();
         let pred_same: Vec<f64> = runs.iter().map(|r| r.last().pred_loss).collect();
@@ -297,10 +330,16 @@ pub struct AttentionMassConfig {
     pub run: RunConfig,
 }
 
+impl FigureConfig for AttentionMassConfig {
+    fn check(&self) -> Result<()> {
+        check_seeds(&self.seeds)?;
+        check_run(&self.run)?;
+        Ok(())
+    }
+}
+
 fn attention_mass(ctx: &FigureContext) -> Result<FigureOutput> {
     let p: AttentionMassConfig = load(ctx)?;
-    check_seeds(&p.seeds)?;
-    check_run(&p.run)?;
     let pb = bar(
         ctx,
         steps_of(&p.run) * p.seeds.len() as u64,
@@ -321,7 +360,7 @@ fn attention_mass(ctx: &FigureContext) -> Result<FigureOutput> {
         x_label: STEP_LABEL.into(),
         y_label: "attention mass on selected tokens (fraction)".into(),
         x_log: true,
-        legend_upper: false,
+        legend: Corner::UpperLeft,
         series: vec![
             Series::over_runs(
                 "measured mean over test set",
@@ -392,15 +431,21 @@ pub fn theory_floor(task: &TaskConfig, samples: usize) -> Result<f64> {
         .mean)
 }
 
+impl FigureConfig for FloorVsDeConfig {
+    fn check(&self) -> Result<()> {
+        check_seeds(&self.seeds)?;
+        check_run(&self.run)?;
+        require(
+            self.des.len() >= 2 && self.des.iter().all(|&d| d >= 1),
+            "des",
+            "list at least two d_e >= 1 to fit an exponent",
+        )?;
+        Ok(())
+    }
+}
+
 fn floor_vs_de(ctx: &FigureContext) -> Result<FigureOutput> {
     let p: FloorVsDeConfig = load(ctx)?;
-    check_seeds(&p.seeds)?;
-    check_run(&p.run)?;
-    require(
-        p.des.len() >= 2 && p.des.iter().all(|&d| d >= 1),
-        "des",
-        "list at least two d_e >= 1 to fit an exponent",
-    )?;
     let total: u64 = steps_of(&p.run) * (p.seeds.len() * p.des.len()) as u64;
     let pb = bar(ctx, total, "sts/floor_vs_de: training");
     let mut measured_runs: Vec<Vec<f64>> = vec![Vec::new(); p.seeds.len()];
@@ -445,10 +490,10 @@ fn floor_vs_de(ctx: &FigureContext) -> Result<FigureOutput> {
             p.run.task.t, p.run.task.d, p.run.task.q
         ),
         x_label: "positional-encoding dimension d_e".into(),
-        y_label: "loss after training / floor L(c*)".into(),
+        y_label: "final loss or floor L(c*) (squared error)".into(),
         x_log: true,
         y_log: true,
-        legend_upper: true,
+        legend: Corner::UpperRight,
         series: vec![
             Series::over_runs(
                 format!("measured final loss, slope {a_measured:.2}"),
@@ -496,16 +541,23 @@ pub struct LengthGeneralisationConfig {
     pub run: RunConfig,
 }
 
+impl FigureConfig for LengthGeneralisationConfig {
+    fn check(&self) -> Result<()> {
+        check_seeds(&self.seeds)?;
+        check_run(&self.run)?;
+        require(
+            !self.test_lengths.is_empty()
+                && self.test_lengths.iter().all(|&t| t >= self.run.task.q),
+            "test_lengths",
+            "list at least one length, each at least q",
+        )?;
+        require(self.test_samples >= 2, "test_samples", "must be at least 2")?;
+        Ok(())
+    }
+}
+
 fn length_generalisation(ctx: &FigureContext) -> Result<FigureOutput> {
     let p: LengthGeneralisationConfig = load(ctx)?;
-    check_seeds(&p.seeds)?;
-    check_run(&p.run)?;
-    require(
-        !p.test_lengths.is_empty() && p.test_lengths.iter().all(|&t| t >= p.run.task.q),
-        "test_lengths",
-        "list at least one length, each at least q",
-    )?;
-    require(p.test_samples >= 2, "test_samples", "must be at least 2")?;
     let fixed_cfg = with_fixed_table(&p.run);
     let pb = bar(
         ctx,
@@ -567,7 +619,7 @@ fn length_generalisation(ctx: &FigureContext) -> Result<FigureOutput> {
         y_label: "test loss (squared error)".into(),
         x_log: true,
         y_log: true,
-        legend_upper: false,
+        legend: Corner::LowerLeft,
         series: vec![
             Series::over_runs(
                 "stochastic encodings, measured",
@@ -690,15 +742,22 @@ pub struct FcnWidthConfig {
     pub run: RunConfig,
 }
 
+impl FigureConfig for FcnWidthConfig {
+    fn check(&self) -> Result<()> {
+        check_seeds(&self.seeds)?;
+        check_run(&self.run)?;
+        require(
+            !self.widths.is_empty() && self.widths.iter().all(|&w| w >= 1),
+            "widths",
+            "list at least one width >= 1",
+        )?;
+        self.fcn.at_width(1)?;
+        Ok(())
+    }
+}
+
 fn fcn_width(ctx: &FigureContext) -> Result<FigureOutput> {
     let p: FcnWidthConfig = load(ctx)?;
-    check_seeds(&p.seeds)?;
-    check_run(&p.run)?;
-    require(
-        !p.widths.is_empty() && p.widths.iter().all(|&w| w >= 1),
-        "widths",
-        "list at least one width >= 1",
-    )?;
     let task = &p.run.task;
     let total = p.fcn.steps as u64 * (p.widths.len() * p.seeds.len()) as u64 + steps_of(&p.run);
     let pb = bar(ctx, total, "sts/fcn_width: training");
@@ -739,7 +798,7 @@ fn fcn_width(ctx: &FigureContext) -> Result<FigureOutput> {
         y_label: "test MSE".into(),
         x_log: true,
         y_log: false,
-        legend_upper: true,
+        legend: Corner::UpperRight,
         series: vec![
             Series::over_runs(
                 "FCN test MSE",
@@ -853,30 +912,44 @@ pub fn fcn_width_needed(t: usize, d: usize, q: usize, target: f64) -> Result<usi
     Ok(t * d)
 }
 
+impl SeparationConfig {
+    /// The transformer run at length t and the reference d_e.
+    fn base(&self, t: usize) -> RunConfig {
+        RunConfig {
+            seed: self.seed,
+            task: TaskConfig::new(t, self.d, self.q, self.reference_de),
+            transformer: Some(self.transformer.clone()),
+            fcn: None,
+            eval: self.eval.clone(),
+        }
+    }
+}
+
+impl FigureConfig for SeparationConfig {
+    fn check(&self) -> Result<()> {
+        require(
+            self.target_fraction > 0.0 && self.target_fraction < 1.0,
+            "target_fraction",
+            "must lie in (0, 1)",
+        )?;
+        require(!self.ts.is_empty(), "ts", "list at least one T")?;
+        require(!self.des.is_empty(), "des", "list at least one d_e")?;
+        require(
+            !self.width_factors.is_empty() && self.width_factors.iter().all(|&f| f > 0.0),
+            "width_factors",
+            "list at least one positive factor",
+        )?;
+        for &t in &self.ts {
+            check_run(&self.base(t)).map_err(|e| e.context(format!("at T = {t}")))?;
+        }
+        self.fcn.at_width(1)?;
+        Ok(())
+    }
+}
+
 fn separation(ctx: &FigureContext) -> Result<FigureOutput> {
     let p: SeparationConfig = load(ctx)?;
-    require(
-        p.target_fraction > 0.0 && p.target_fraction < 1.0,
-        "target_fraction",
-        "must lie in (0, 1)",
-    )?;
-    require(!p.ts.is_empty(), "ts", "list at least one T")?;
-    require(!p.des.is_empty(), "des", "list at least one d_e")?;
-    require(
-        !p.width_factors.is_empty() && p.width_factors.iter().all(|&f| f > 0.0),
-        "width_factors",
-        "list at least one positive factor",
-    )?;
-    let base = |t: usize| RunConfig {
-        seed: p.seed,
-        task: TaskConfig::new(t, p.d, p.q, p.reference_de),
-        transformer: Some(p.transformer.clone()),
-        fcn: None,
-        eval: p.eval.clone(),
-    };
-    for &t in &p.ts {
-        check_run(&base(t)).map_err(|e| e.context(format!("at T = {t}")))?;
-    }
+    let base = |t: usize| p.base(t);
     let total = (p.transformer.steps * p.des.len() + p.fcn.steps * p.width_factors.len()) as u64
         * p.ts.len() as u64;
     let pb = bar(ctx, total, "sts/separation: training");
@@ -926,7 +999,7 @@ fn separation(ctx: &FigureContext) -> Result<FigureOutput> {
         y_label: "width needed (FCN: m, transformer: d_e)".into(),
         x_log: true,
         y_log: true,
-        legend_upper: false,
+        legend: Corner::LowerLeft,
         series: vec![
             Series::new(
                 "FCN, measured",
