@@ -432,8 +432,9 @@ mod nan {
     }
 
     type Edges = (Vec<Option<f64>>, Vec<Option<f64>>);
+    type Band = Option<(Vec<f64>, Vec<f64>)>;
 
-    pub fn band<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(Vec<f64>, Vec<f64>)>, D::Error> {
+    pub fn band<'de, D: Deserializer<'de>>(d: D) -> Result<Band, D::Error> {
         Ok(Option::<Edges>::deserialize(d)?.map(|(a, b)| (fill(a), fill(b))))
     }
 }

@@ -510,7 +510,6 @@ fn floor_vs_de(ctx: &FigureContext) -> Result<FigureOutput> {
                 floors.clone(),
             ),
         ],
-        ..Default::default()
     };
     Ok(FigureOutput {
         charts: vec![chart],
@@ -653,7 +652,6 @@ fn length_generalisation(ctx: &FigureContext) -> Result<FigureOutput> {
                     .collect(),
             ),
         ],
-        ..Default::default()
     };
     let col = |m: &[Vec<f64>]| -> Vec<f64> {
         (0..xs.len())
@@ -823,7 +821,6 @@ fn fcn_width(ctx: &FigureContext) -> Result<FigureOutput> {
                 x1,
             ),
         ],
-        ..Default::default()
     };
     Ok(FigureOutput {
         charts: vec![chart],
@@ -1030,7 +1027,6 @@ fn separation(ctx: &FigureContext) -> Result<FigureOutput> {
                 get("transformer_de_theory"),
             ),
         ],
-        ..Default::default()
     };
     Ok(FigureOutput {
         charts: vec![chart],
