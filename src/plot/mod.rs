@@ -251,11 +251,20 @@ type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 fn draw_panel(area: &Area<'_>, c: &Chart) -> Result<()> {
     let (x0, x1) = axis_range(c, true)?;
     let (y0, y1) = axis_range(c, false)?;
+    // Ticks at powers of 2 when the axis spans less than ~1.5 decades (powers of 10 would leave
+    // one label or none), else at powers of 10.
+    let base = |lo: f64, hi: f64| if hi / lo < 40.0 { 2.0 } else { 10.0 };
+    let (bx, by) = (base(x0, x1), base(y0, y1));
     match (c.x_log, c.y_log) {
         (false, false) => draw_in(area, c, x0..x1, y0..y1),
-        (true, false) => draw_in(area, c, (x0..x1).log_scale(), y0..y1),
-        (false, true) => draw_in(area, c, x0..x1, (y0..y1).log_scale()),
-        (true, true) => draw_in(area, c, (x0..x1).log_scale(), (y0..y1).log_scale()),
+        (true, false) => draw_in(area, c, (x0..x1).log_scale().base(bx), y0..y1),
+        (false, true) => draw_in(area, c, x0..x1, (y0..y1).log_scale().base(by)),
+        (true, true) => draw_in(
+            area,
+            c,
+            (x0..x1).log_scale().base(bx),
+            (y0..y1).log_scale().base(by),
+        ),
     }
 }
 

@@ -618,7 +618,7 @@ fn length_generalisation(ctx: &FigureContext) -> Result<FigureOutput> {
         y_label: "test loss (squared error)".into(),
         x_log: true,
         y_log: true,
-        legend: Corner::LowerLeft,
+        legend: Corner::LowerRight,
         series: vec![
             Series::over_runs(
                 "stochastic encodings, measured",
