@@ -987,6 +987,18 @@ fn separation(ctx: &FigureContext) -> Result<FigureOutput> {
             .map(|r| r[k].as_f64().unwrap_or(f64::NAN))
             .collect()
     };
+    // Where no FCN width tried reaches the target, mark the widest one: the need is above it.
+    let not_reached: Vec<f64> = rows
+        .iter()
+        .map(|r| match r["fcn_width_measured"].as_f64() {
+            Some(_) => f64::NAN,
+            None => r["fcn_widths"]
+                .as_array()
+                .and_then(|w| w.last())
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN),
+        })
+        .collect();
     let chart = Chart {
         title: format!(
             "Width needed for error <= {} L(0) (d={}, q={})",
@@ -996,7 +1008,7 @@ fn separation(ctx: &FigureContext) -> Result<FigureOutput> {
         y_label: "width needed (FCN: m, transformer: d_e)".into(),
         x_log: true,
         y_log: true,
-        legend: Corner::LowerLeft,
+        legend: Corner::UpperLeft,
         series: vec![
             Series::new(
                 "FCN, measured",
@@ -1004,6 +1016,13 @@ fn separation(ctx: &FigureContext) -> Result<FigureOutput> {
                 COLORS[1],
                 xs.clone(),
                 get("fcn_width_measured"),
+            ),
+            Series::new(
+                "FCN, target not reached at the widest net tried",
+                Mark::Points,
+                COLORS[3],
+                xs.clone(),
+                not_reached,
             ),
             Series::new(
                 "FCN, lower bound solved for m",
