@@ -1,10 +1,284 @@
-//! `attnlab figures`: regenerates every figure of the project (not yet implemented; see issue 4).
+//! `attnlab figures`: regenerates every figure of the project from the configs under
+//! `experiments/`. Each figure is registered once (name, config file, what it shows, the function
+//! that computes it) and written as `<out>/<paper>/<name>.png`, beside `<name>.csv` (every plotted
+//! number) and `<name>.json` (the cache key and the key numbers). `<out>/README.md` indexes them.
+//!
+//! A figure is recomputed only when its cache key changes: the SHA-256 of the config file's
+//! contents, the preset and the crate version (or with `--force`).
 
-use anyhow::{bail, Result};
+use crate::plot::Chart;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Which preset of each figure config to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FigurePreset {
+    /// Minutes on 2 CPU cores.
+    #[default]
+    Cpu,
+    /// The larger settings closer to the paper's.
+    Paper,
+    /// Seconds; for the tests of the figures command.
+    Tiny,
+}
+
+impl FigurePreset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Paper => "paper",
+            Self::Tiny => "tiny",
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
-pub struct FiguresArgs {}
+pub struct FiguresArgs {
+    /// Which preset of every figure config to use.
+    #[arg(long, value_enum, default_value_t = FigurePreset::Cpu)]
+    pub preset: FigurePreset,
+    /// Regenerate only this figure (e.g. `sts/loss_curve`); repeatable.
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Recompute even when the cache key matches.
+    #[arg(long)]
+    pub force: bool,
+    /// Where the figures go.
+    #[arg(long, default_value = "figures")]
+    pub out: PathBuf,
+    /// Where the figure configs are read from (`<dir>/<paper>/figures/<name>.toml`).
+    #[arg(long, default_value = "experiments")]
+    pub experiments: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Redraw the PNGs (and rewrite the CSVs) from the charts stored in each figure's JSON,
+    /// computing nothing; for changes to the plotting code.
+    #[arg(long, conflicts_with = "force")]
+    pub replot: bool,
+    /// List the registered figures and exit.
+    #[arg(long)]
+    pub list: bool,
+}
 
-pub fn run(_a: FiguresArgs) -> Result<()> {
-    bail!("`attnlab figures` is not implemented yet")
+/// What a figure function gets.
+pub struct FigureContext<'a> {
+    pub config: &'a Path,
+    pub preset: FigurePreset,
+    pub quiet: bool,
+}
+
+/// What a figure function returns: its panels (drawn side by side into one PNG, and written as
+/// CSV) and the key numbers it shows (into the JSON beside them).
+pub struct FigureOutput {
+    pub charts: Vec<Chart>,
+    pub summary: serde_json::Value,
+}
+
+/// One registered figure.
+pub struct Figure {
+    /// `<paper>/<name>`, e.g. `sts/loss_curve`.
+    pub name: &'static str,
+    /// What it shows, one line (goes into the index).
+    pub what: &'static str,
+    pub compute: fn(&FigureContext) -> Result<FigureOutput>,
+    /// Parses and range-checks the config file (every preset) without computing anything.
+    pub check: fn(&Path) -> Result<()>,
+}
+
+impl Figure {
+    /// The config file under the experiments directory: `<paper>/figures/<name>.toml`.
+    pub fn config_path(&self, experiments: &Path) -> PathBuf {
+        let (paper, name) = self.name.split_once('/').unwrap_or(("misc", self.name));
+        experiments
+            .join(paper)
+            .join("figures")
+            .join(format!("{name}.toml"))
+    }
+}
+
+/// Every figure of the project. Papers add theirs here.
+pub fn registry() -> Vec<Figure> {
+    crate::sts::figures::figures()
+}
+
+/// The JSON written beside each figure.
+#[derive(Serialize, Deserialize)]
+pub struct FigureRecord {
+    pub figure: String,
+    pub cache_key: String,
+    pub preset: FigurePreset,
+    pub config: String,
+    pub version: String,
+    pub seconds: f64,
+    pub summary: serde_json::Value,
+    /// Every panel as drawn, so `--replot` can redraw without recomputing.
+    #[serde(default)]
+    pub charts: Vec<Chart>,
+}
+
+/// SHA-256 over the config contents, the preset and the crate version.
+pub fn cache_key(config_text: &str, preset: FigurePreset) -> String {
+    let mut h = Sha256::new();
+    h.update(config_text.as_bytes());
+    h.update([0]);
+    h.update(preset.name().as_bytes());
+    h.update([0]);
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn files(out: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let base = out.join(name);
+    (
+        base.with_extension("png"),
+        base.with_extension("csv"),
+        base.with_extension("json"),
+    )
+}
+
+pub fn run(a: FiguresArgs) -> Result<()> {
+    let all = registry();
+    if a.list {
+        for f in &all {
+            println!("{}  {}", f.name, f.what);
+        }
+        return Ok(());
+    }
+    for o in &a.only {
+        if !all.iter().any(|f| f.name == o) {
+            let names: Vec<&str> = all.iter().map(|f| f.name).collect();
+            bail!(
+                "invalid value for `--only`: no figure named `{o}`; choose one of {}",
+                names.join(", ")
+            );
+        }
+    }
+    let chosen: Vec<&Figure> = all
+        .iter()
+        .filter(|f| a.only.is_empty() || a.only.iter().any(|o| o == f.name))
+        .collect();
+    let start = std::time::Instant::now();
+    for f in chosen {
+        let cfg = f.config_path(&a.experiments);
+        let text = std::fs::read_to_string(&cfg).with_context(|| {
+            format!(
+                "figure `{}` needs its config `{}`: create it or pass --experiments <dir>",
+                f.name,
+                cfg.display()
+            )
+        })?;
+        let key = cache_key(&text, a.preset);
+        let (png, csv, json) = files(&a.out, f.name);
+        let record = std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|s| serde_json::from_str::<FigureRecord>(&s).ok());
+        if a.replot {
+            let Some(rec) = record.filter(|r| !r.charts.is_empty()) else {
+                bail!(
+                    "`--replot` needs `{}` with stored charts: run without --replot first",
+                    json.display()
+                );
+            };
+            crate::plot::draw_png(&png, &rec.charts)?;
+            crate::io::write_atomic(&csv, crate::plot::charts_csv(&rec.charts).as_bytes())?;
+            eprintln!("{}: redrawn {}", f.name, png.display());
+            continue;
+        }
+        let cached = record.is_some_and(|r| r.cache_key == key) && png.exists() && csv.exists();
+        if cached && !a.force {
+            eprintln!(
+                "{}: up to date (cache key matches; --force recomputes)",
+                f.name
+            );
+            continue;
+        }
+        eprintln!("{}: computing ({} preset)", f.name, a.preset.name());
+        let t0 = std::time::Instant::now();
+        let ctx = FigureContext {
+            config: &cfg,
+            preset: a.preset,
+            quiet: a.quiet,
+        };
+        let out = (f.compute)(&ctx).with_context(|| format!("figure `{}`", f.name))?;
+        crate::plot::draw_png(&png, &out.charts)?;
+        crate::io::write_atomic(&csv, crate::plot::charts_csv(&out.charts).as_bytes())?;
+        let seconds = t0.elapsed().as_secs_f64();
+        crate::io::write_json(
+            &json,
+            &FigureRecord {
+                figure: f.name.to_string(),
+                cache_key: key,
+                preset: a.preset,
+                config: cfg.display().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                seconds,
+                summary: out.summary,
+                charts: out.charts,
+            },
+        )?;
+        eprintln!("{}: written {} ({seconds:.1} s)", f.name, png.display());
+    }
+    write_index(&a.out, &all)?;
+    eprintln!(
+        "figures done in {:.1} s; index {}",
+        start.elapsed().as_secs_f64(),
+        a.out.join("README.md").display()
+    );
+    Ok(())
+}
+
+/// `<out>/README.md`: one line per figure present, with the config and command that made it.
+fn write_index(out: &Path, all: &[Figure]) -> Result<()> {
+    let mut s = String::from(
+        "# Figures\n\nGenerated by `scripts/figures` (= `attnlab figures`); do not edit by hand. Each PNG \
+         has beside it the CSV of every plotted number (`panel,series,x,y,y_lo,y_hi`, bands are \
+         min..max over seeds) and a JSON with the cache key and the key numbers.\n\n",
+    );
+    for f in all {
+        let (png, _, json) = files(out, f.name);
+        let Some(rec) = std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str::<FigureRecord>(&t).ok())
+        else {
+            continue;
+        };
+        if !png.exists() {
+            continue;
+        }
+        s.push_str(&format!(
+            "- [`{name}`]({name}.png): {what} Config `{cfg}`, command `attnlab figures --only {name} --preset {p}` ({secs:.0} s).\n",
+            name = f.name,
+            what = f.what,
+            cfg = rec.config,
+            p = rec.preset.name(),
+            secs = rec.seconds,
+        ));
+    }
+    crate::io::write_atomic(&out.join("README.md"), s.as_bytes())
+}
+
+/// A figure config file: one table per preset, each of the figure's own schema.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FigureFile<P> {
+    pub cpu: P,
+    pub paper: P,
+    pub tiny: P,
+}
+
+impl<P: Clone + serde::de::DeserializeOwned> FigureFile<P> {
+    pub fn load(path: &Path) -> Result<Self> {
+        crate::config::load_toml(path)
+    }
+    pub fn preset(&self, p: FigurePreset) -> P {
+        match p {
+            FigurePreset::Cpu => self.cpu.clone(),
+            FigurePreset::Paper => self.paper.clone(),
+            FigurePreset::Tiny => self.tiny.clone(),
+        }
+    }
 }

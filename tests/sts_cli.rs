@@ -216,11 +216,34 @@ fn bad_input_gets_a_clear_error() {
 
 #[test]
 fn every_sts_experiment_config_parses() {
+    // Run configs (`sts train`) directly under experiments/sts/ ...
+    let mut runs = 0;
     for entry in std::fs::read_dir("experiments/sts").unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
             attnlab::sts::train::RunFile::load(&p)
                 .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            runs += 1;
         }
+    }
+    assert!(runs >= 1);
+    // ... and figure configs under experiments/sts/figures/, each with its figure's own schema:
+    // every file belongs to a registered figure and every STS figure has its file.
+    let figures = attnlab::figures::registry();
+    let experiments = std::path::Path::new("experiments");
+    for entry in std::fs::read_dir("experiments/sts/figures").unwrap() {
+        let p = entry.unwrap().path();
+        let fig = figures
+            .iter()
+            .find(|f| f.config_path(experiments) == p)
+            .unwrap_or_else(|| panic!("{}: no registered figure uses it", p.display()));
+        (fig.check)(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+    }
+    for f in figures.iter().filter(|f| f.name.starts_with("sts/")) {
+        assert!(
+            f.config_path(experiments).exists(),
+            "{} has no config",
+            f.name
+        );
     }
 }

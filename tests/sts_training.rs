@@ -4,10 +4,11 @@
 //! generalise to longer sequences while a fixed table does not, and runs are deterministic.
 
 use attnlab::sts::model::ExactTransformer;
-use attnlab::sts::task::{Encoding, TaskConfig};
+use attnlab::sts::task::TaskConfig;
 use attnlab::sts::theory::EncodingSample;
 use attnlab::sts::train::{
-    measure_at_length, train_transformer, Preset, RunConfig, RunFile, TransformerResult,
+    measure_at_length, train_transformer, with_de, with_fixed_table, Preset, RunConfig, RunFile,
+    TransformerResult,
 };
 use std::path::Path;
 use std::sync::OnceLock;
@@ -27,17 +28,6 @@ fn cpu_run() -> &'static (RunConfig, TransformerResult) {
         let r = train_transformer(&cfg, &mut |_| {}).unwrap();
         (cfg, r)
     })
-}
-
-/// The same run at another d_e. The step size scales with d_e so that the recursion's step in c,
-/// `lr L'(c) / d_e`, stays the same: at a fixed lr, small d_e takes steps too large for the
-/// off-identity directions (lr 4 at d_e 16 ends at 1.41 against a floor of 0.81).
-fn with_de(cfg: &RunConfig, de: usize) -> RunConfig {
-    let mut c = cfg.clone();
-    let tc = c.transformer.as_mut().unwrap();
-    tc.lr *= de as f64 / cfg.task.de as f64;
-    c.task.de = de;
-    c
 }
 
 /// Relative tolerance of the measured loss against the noiseless prediction. Fresh-batch gradient
@@ -167,11 +157,7 @@ fn stochastic_encodings_generalise_to_longer_sequences_and_a_fixed_table_does_no
     let model = r.model.as_ref().unwrap();
     let t = cfg.task.t;
     let c = model.c();
-    let mut fixed_cfg = cfg.clone();
-    fixed_cfg.task.encoding = Encoding::Fixed;
-    // A table's gradient lives in the T-dimensional span of its rows, so the same lr moves it
-    // d_e / T times faster than under SPE; scale it back to keep the run stable.
-    fixed_cfg.transformer.as_mut().unwrap().lr *= t.min(cfg.task.de) as f64 / cfg.task.de as f64;
+    let fixed_cfg = with_fixed_table(cfg);
     let fixed = train_transformer(&fixed_cfg, &mut |_| {}).unwrap();
     let fixed_model = fixed.model.as_ref().unwrap();
     let in_dist_fixed =

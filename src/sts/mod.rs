@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod fcn;
+pub mod figures;
 pub mod model;
 pub mod model_candle;
 pub mod task;
