@@ -7,12 +7,17 @@
 //! - [`flops`]: exact FLOP counts of encoders with LEGO fixed heads.
 //! - [`program`]: a straight-line program-execution task (the convolution study).
 //! - [`config`]: experiment configs under `experiments/lego/`.
+//! - [`train`]: training LEGO models (BCE at the query positions, mimicking, fixed heads).
+//! - [`experiments`]: running an experiment file; [`figures`]: figure tables.
 //! - [`cli`]: `attnlab lego ...` and `attnlab program ...`.
 
 pub mod cli;
 pub mod config;
+pub mod experiments;
+pub mod figures;
 pub mod flops;
 pub mod heads;
 pub mod program;
 pub mod task;
+pub mod train;
 pub mod variants;
