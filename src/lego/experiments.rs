@@ -98,7 +98,7 @@ pub fn run_experiment(
             let text = std::fs::read_to_string(&result_path)?;
             let r: RunResult = serde_json::from_str(&text)
                 .with_context(|| format!("`{}` is damaged: delete it", result_path.display()))?;
-            if r.run == *run {
+            if r.run == *run && r.key == crate::lego::train::run_key(preset, run)? {
                 log(&format!(
                     "{} seed {}: reusing {}",
                     run.label,

@@ -106,6 +106,8 @@ pub struct StageScores {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunResult {
     pub run: LegoRun,
+    /// [`run_key`] of the preset it was trained on (results are reused only for the same key).
+    pub key: String,
     pub model: TransformerConfig,
     /// Final test accuracy per chain position on the run's own test split.
     pub per_position: Vec<f64>,
@@ -505,7 +507,7 @@ pub fn train_run(
     let steps_per_epoch = task.n_train.div_ceil(tc.batch_size);
     let total = (tc.epochs * steps_per_epoch) as u64;
     let mut opt = Optimizer::new(optim(tc.lr, tc.schedule, total), &lm.varmap)?;
-    let run_json = serde_json::to_string(run)?;
+    let run_json = serde_json::to_string(&(run, run_key(preset, run)?))?;
     let train_path = ckpt.map(|c| c.dir.join("train.safetensors"));
     let mut extra = Extra {
         run: run_json.clone(),
@@ -653,6 +655,7 @@ pub fn train_run(
         .unwrap_or_default();
     Ok(Some(RunResult {
         run: run.clone(),
+        key: run_key(preset, run)?,
         forward_flops: FlopCount::new(&lm.cfg, crate::lego::task::seq_len(n_var)).forward_per_token
             * crate::lego::task::seq_len(n_var) as u64,
         model: lm.cfg.clone(),
@@ -664,6 +667,22 @@ pub fn train_run(
         head_scores: extra.head_scores,
         seconds: started.elapsed().as_secs_f64(),
     }))
+}
+
+/// What determines a run's outcome besides the [`LegoRun`]: task, model, training, and the
+/// mimicking settings when it starts from mimicking (as JSON).
+pub fn run_key(preset: &Preset, run: &LegoRun) -> Result<String> {
+    let mimic = if run.init == Init::Mimic {
+        preset.mimic.clone()
+    } else {
+        None
+    };
+    Ok(serde_json::to_string(&(
+        &preset.task,
+        &preset.model,
+        &preset.train,
+        mimic,
+    ))?)
 }
 
 /// Mimicking pretraining of `lm` in place (no checkpointing); returns the loss of every step.
