@@ -139,7 +139,7 @@ fn check_model(name: &str, cfg: TransformerConfig) {
     // Larger init so every path carries signal.
     for v in vm.all_vars() {
         let t = v.as_tensor();
-        if t.rank() >= 2 && !t.dims().iter().any(|&d| d == cfg.qkv_conv) {
+        if t.rank() >= 2 && !t.dims().contains(&cfg.qkv_conv) {
             v.set(&(t * 15.0).unwrap()).unwrap();
         }
     }

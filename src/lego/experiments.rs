@@ -178,6 +178,7 @@ pub fn write_tables(r: &ExperimentResults, dir: &Path) -> Result<Vec<PathBuf>> {
         crate::io::write_csv(&p, &header, &t.rows)?;
         paths.push(p);
     }
+    paths.extend(figures::render(r, dir)?);
     Ok(paths)
 }
 
