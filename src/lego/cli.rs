@@ -62,6 +62,10 @@ struct LegoTrainArgs {
     /// Run only this seed (default: the preset's seeds).
     #[arg(long)]
     seed: Option<u64>,
+    /// Train only the runs with these labels (comma-separated); the figure tables then cover
+    /// only them (run again without `--runs` to reuse everything and write the full tables).
+    #[arg(long, value_delimiter = ',')]
+    runs: Option<Vec<String>>,
     /// Where figure tables go.
     #[arg(long, default_value = "figures/lego")]
     figures: PathBuf,
@@ -153,6 +157,7 @@ fn lego_train(a: LegoTrainArgs) -> Result<()> {
         &exp,
         &a.preset,
         seeds.as_deref(),
+        a.runs.as_deref(),
         std::path::Path::new("."),
         &stop,
         &mut |m| eprintln!("{m}"),

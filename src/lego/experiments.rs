@@ -77,13 +77,20 @@ pub fn run_experiment(
     exp: &LegoExperiment,
     preset_name: &str,
     seeds: Option<&[u64]>,
+    only: Option<&[String]>,
     root: &Path,
     stop: &(dyn Fn() -> bool + Sync),
     log: &mut dyn FnMut(&str),
 ) -> Result<Option<ExperimentResults>> {
     let preset = exp.preset(preset_name)?;
     let seeds = seeds.unwrap_or(&preset.seeds);
-    let runs = expand_runs(exp, preset, seeds)?;
+    let mut runs = expand_runs(exp, preset, seeds)?;
+    if let Some(only) = only {
+        runs.retain(|r| only.contains(&r.label));
+        if runs.is_empty() {
+            bail!("`--runs` {only:?} matches no run label of the experiment");
+        }
+    }
     let head_sentences = exp
         .head_analysis
         .as_ref()
