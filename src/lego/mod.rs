@@ -1,5 +1,5 @@
-//! LEGO reasoning task (Zhang, Backurs, Bubeck, Eldan, Gunasekar, Wagner 2022): the parts
-//! that need no trained model.
+//! LEGO reasoning task (Zhang, Backurs, Bubeck, Eldan, Gunasekar, Wagner 2022): the task, its
+//! variants, head scores, FLOP counts, and training the models of the replication.
 //!
 //! - [`task`]: LEGO sentences, labels, clause order and batches.
 //! - [`variants`]: task variants for the shortcut study.

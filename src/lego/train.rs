@@ -88,10 +88,16 @@ pub struct CurvePoint {
     pub train_loss: f64,
     /// Mean test accuracy over the supervised chain positions.
     pub acc_supervised: f64,
-    /// Mean test accuracy over the other chain positions (NaN when all are supervised).
+    /// Mean test accuracy over the other chain positions (NaN when all are supervised; JSON
+    /// writes NaN as `null`, read back as NaN).
+    #[serde(deserialize_with = "null_as_nan")]
     pub acc_extrapolated: f64,
     /// Test accuracy per chain position.
     pub per_position: Vec<f64>,
+}
+
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Mean head scores of a model at one stage, `[layer][head]`.
