@@ -482,7 +482,7 @@ pub fn heatmaps(
                 chart
                     .draw_series(std::iter::once(Text::new(
                         format!("{v:.2}"),
-                        (c, r),
+                        (c, r + 1),
                         ("sans-serif", 11)
                             .into_font()
                             .color(if v > 0.5 { &BLACK } else { &WHITE }),
