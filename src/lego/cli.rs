@@ -41,12 +41,37 @@ enum LegoCmd {
         #[arg(long, default_value = "paper")]
         preset: String,
     },
+    /// Train the models of one experiment file, write results and figure tables.
+    Train(LegoTrainArgs),
     /// Parse and check experiment configs (files, or every .toml under a directory).
     CheckConfig {
         /// Config files or directories.
         #[arg(default_value = "experiments/lego")]
         paths: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct LegoTrainArgs {
+    /// Experiment file under experiments/lego/.
+    #[arg(long)]
+    config: PathBuf,
+    /// `cpu` or `paper`.
+    #[arg(long, default_value = "cpu")]
+    preset: String,
+    /// Run only this seed (default: the preset's seeds).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Train only the runs with these labels (comma-separated); the figure tables then cover
+    /// only them (run again without `--runs` to reuse everything and write the full tables).
+    #[arg(long, value_delimiter = ',')]
+    runs: Option<Vec<String>>,
+    /// Where figure tables go.
+    #[arg(long, default_value = "figures/lego")]
+    figures: PathBuf,
+    /// Print the per-run results as one JSON array on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -116,8 +141,49 @@ pub fn run_lego(a: LegoArgs) -> Result<()> {
     match a.cmd {
         LegoCmd::Sample(s) => lego_sample(s),
         LegoCmd::CheckConfig { paths } => check_configs(&paths),
+        LegoCmd::Train(t) => lego_train(t),
         LegoCmd::Flops { config, preset } => print_flops(&config, &preset),
     }
+}
+
+fn lego_train(a: LegoTrainArgs) -> Result<()> {
+    let exp = config::load(&a.config)?;
+    exp.preset(&a.preset)?;
+    crate::interrupt::install();
+    let seeds = a.seed.map(|s| vec![s]);
+    let stop = crate::interrupt::requested;
+    let started = std::time::Instant::now();
+    let res = crate::lego::experiments::run_experiment(
+        &exp,
+        &a.preset,
+        seeds.as_deref(),
+        a.runs.as_deref(),
+        std::path::Path::new("."),
+        &stop,
+        &mut |m| eprintln!("{m}"),
+    )?;
+    let Some(res) = res else {
+        eprintln!("stopped: state saved; run the same command to resume");
+        return Ok(());
+    };
+    for p in crate::lego::experiments::write_tables(&res, &a.figures)? {
+        eprintln!("wrote {}", p.display());
+    }
+    eprintln!(
+        "{}: {} runs in {:.0}s",
+        res.name,
+        res.results.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&res.results)?);
+    } else {
+        for r in &res.results {
+            let acc: Vec<String> = r.per_position.iter().map(|x| format!("{x:.3}")).collect();
+            println!("{} seed {}: {}", r.run.label, r.run.seed, acc.join(" "));
+        }
+    }
+    Ok(())
 }
 
 fn lego_sample(a: LegoSampleArgs) -> Result<()> {
