@@ -1,10 +1,303 @@
-//! `attnlab bench`: the toolkit against a PyTorch reference (not yet implemented; see issue 5).
+//! `attnlab bench`: trains the same configurations in attnlab and in the PyTorch reference
+//! (`benches/torch_reference.py`, CPU, same shapes and optimiser, same thread count) and reports
+//! steps per second, their ratio, achieved GFLOP/s from the FLOP counter, and the fraction of
+//! this machine's fp32 GEMM peak (timed on a large candle matmul in the same run).
 
-use anyhow::{bail, Result};
+use crate::nn::{cross_entropy, FlopCount, Transformer, TransformerConfig};
+use crate::train::{backward_step, OptimConfig, Optimizer};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::Rng as _;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// One JSON object per line per configuration instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds of timed training per configuration and framework.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Threads for both attnlab (rayon) and PyTorch.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Run only configurations whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Python interpreter for the reference.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Print attnlab's time split into forward, backward and optimiser per configuration.
+    #[arg(long)]
+    pub profile: bool,
+}
 
-pub fn run(_a: BenchArgs) -> Result<()> {
-    bail!("`attnlab bench` is not implemented yet")
+/// One benchmark configuration.
+#[derive(Serialize, Clone, Debug)]
+pub struct BenchConfig {
+    pub name: String,
+    pub model: TransformerConfig,
+    pub batch: usize,
+    pub seq: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+/// The three configurations of issue 5.
+pub fn configs() -> Vec<BenchConfig> {
+    let enc = |name: &str, layers, d| BenchConfig {
+        name: name.into(),
+        model: TransformerConfig {
+            vocab_size: 32,
+            max_len: 62,
+            d_model: d,
+            n_layers: layers,
+            n_heads: 4,
+            ..Default::default()
+        },
+        batch: 64,
+        seq: 62,
+        lr: 1e-3,
+        weight_decay: 0.01,
+    };
+    vec![
+        enc("encoder-6L-d128-T62-b64", 6, 128),
+        enc("encoder-4L-d64-T62-b64", 4, 64),
+        BenchConfig {
+            name: "decoder-6L-d128-T32-b8".into(),
+            model: TransformerConfig {
+                vocab_size: 32,
+                max_len: 32,
+                d_model: 128,
+                n_layers: 6,
+                n_heads: 4,
+                causal: true,
+                ..Default::default()
+            },
+            batch: 8,
+            seq: 32,
+            lr: 1e-3,
+            weight_decay: 0.01,
+        },
+    ]
+}
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    attnlab_steps_per_sec: f64,
+    pytorch_steps_per_sec: Option<f64>,
+    ratio: Option<f64>,
+    flops_per_step: u64,
+    attnlab_gflops: f64,
+    pytorch_gflops: Option<f64>,
+    peak_gflops: f64,
+    attnlab_peak_fraction: f64,
+    pytorch_peak_fraction: Option<f64>,
+}
+
+/// fp32 GEMM throughput of candle on this machine, GFLOP/s (1024^3 matmul, best of 5).
+pub fn gemm_peak_gflops() -> Result<f64> {
+    let n = 1024;
+    let dev = Device::Cpu;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
+    let _ = a.matmul(&b)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        let _ = c.sum_all()?; // materialise
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+}
+
+/// Steps per second of attnlab training `c` for about `seconds`.
+pub fn attnlab_steps_per_sec(c: &BenchConfig, seconds: f64, profile: bool) -> Result<f64> {
+    let dev = Device::Cpu;
+    let (model, vm) = Transformer::build(&c.model, 0, DType::F32, &dev)?;
+    let mut opt = Optimizer::new(
+        OptimConfig {
+            lr: c.lr,
+            weight_decay: c.weight_decay,
+            ..Default::default()
+        },
+        &vm,
+    )?;
+    let mut r = crate::rng::seeded(1);
+    let (n, t) = (c.batch, c.seq);
+    let x: Vec<u32> = (0..n * t)
+        .map(|_| r.gen_range(0..c.model.vocab_size as u32))
+        .collect();
+    let y: Vec<u32> = (0..n * t)
+        .map(|_| r.gen_range(0..c.model.out() as u32))
+        .collect();
+    let x = Tensor::from_vec(x, (n, t), &dev)?;
+    let y = Tensor::from_vec(y, (n, t), &dev)?;
+    let step = |opt: &mut Optimizer| -> Result<f32> {
+        let loss = cross_entropy(&model.forward(&x)?, &y, None)?;
+        backward_step(&loss, opt)?;
+        Ok(loss.to_scalar::<f32>()?)
+    };
+    for _ in 0..3 {
+        step(&mut opt)?;
+    }
+    if profile {
+        let (mut f, mut b, mut o) = (0.0, 0.0, 0.0);
+        let n = 5;
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let loss = cross_entropy(&model.forward(&x)?, &y, None)?;
+            let _ = loss.to_scalar::<f32>()?;
+            let t1 = Instant::now();
+            let g = loss.backward()?;
+            let t2 = Instant::now();
+            opt.step(&g)?;
+            let t3 = Instant::now();
+            f += (t1 - t0).as_secs_f64();
+            b += (t2 - t1).as_secs_f64();
+            o += (t3 - t2).as_secs_f64();
+        }
+        let ms = |v: f64| 1e3 * v / n as f64;
+        eprintln!(
+            "{}: forward {:.1} ms, backward {:.1} ms, optimiser {:.1} ms",
+            c.name,
+            ms(f),
+            ms(b),
+            ms(o)
+        );
+    }
+    let t0 = Instant::now();
+    let mut steps = 0usize;
+    loop {
+        step(&mut opt)?;
+        steps += 1;
+        let el = t0.elapsed().as_secs_f64();
+        if el >= seconds && steps >= 3 {
+            return Ok(steps as f64 / el);
+        }
+    }
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_reference.py")
+}
+
+/// Steps per second of the PyTorch reference, or `Ok(None)` with a message when torch is missing.
+fn torch_steps_per_sec(a: &BenchArgs, c: &BenchConfig) -> Result<Option<f64>> {
+    let path = script();
+    if !path.exists() {
+        bail!("the PyTorch reference `{}` is missing", path.display());
+    }
+    let out = std::process::Command::new(&a.python)
+        .arg(&path)
+        .arg("--config")
+        .arg(serde_json::to_string(c)?)
+        .arg("--seconds")
+        .arg(a.seconds.to_string())
+        .arg("--threads")
+        .arg(a.threads.to_string())
+        .env("OMP_NUM_THREADS", a.threads.to_string())
+        // On a shared machine libgomp's spinning barriers collapse (10-20x slower steps when
+        // another process holds a core); sleeping waits are PyTorch's best setting here.
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("PyTorch side skipped: could not run `{}` ({e})", a.python);
+            return Ok(None);
+        }
+    };
+    if out.status.code() == Some(3) {
+        eprintln!(
+            "PyTorch side skipped: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return Ok(None);
+    }
+    if !out.status.success() {
+        bail!(
+            "the PyTorch reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing `{}`", String::from_utf8_lossy(&out.stdout)))?;
+    Ok(v["steps_per_sec"].as_f64())
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.threads == 0 {
+        bail!("`--threads` must be at least 1");
+    }
+    // candle sizes its GEMM parallelism from this variable; rayon's pool is built to match.
+    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build_global();
+    let peak = gemm_peak_gflops()?;
+    if !a.json {
+        println!(
+            "threads {}, fp32 GEMM peak (candle 1024^3 matmul) {:.1} GFLOP/s",
+            a.threads, peak
+        );
+        println!(
+            "{:<26} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>7}",
+            "config", "attnlab/s", "torch/s", "ratio", "GF/s", "torchGF/s", "peak%", "torch%"
+        );
+    }
+    let mut torch_ok = !a.no_torch;
+    for c in configs() {
+        if let Some(o) = &a.only {
+            if !c.name.contains(o.as_str()) {
+                continue;
+            }
+        }
+        let ours = attnlab_steps_per_sec(&c, a.seconds, a.profile)?;
+        let theirs = if torch_ok {
+            let t = torch_steps_per_sec(&a, &c)?;
+            torch_ok = t.is_some();
+            t
+        } else {
+            None
+        };
+        let flops = FlopCount::new(&c.model, c.seq).train_step(c.batch, c.seq);
+        let gf = |s: f64| s * flops as f64 / 1e9;
+        let row = Row {
+            name: c.name.clone(),
+            attnlab_steps_per_sec: ours,
+            pytorch_steps_per_sec: theirs,
+            ratio: theirs.map(|t| ours / t),
+            flops_per_step: flops,
+            attnlab_gflops: gf(ours),
+            pytorch_gflops: theirs.map(gf),
+            peak_gflops: peak,
+            attnlab_peak_fraction: gf(ours) / peak,
+            pytorch_peak_fraction: theirs.map(|t| gf(t) / peak),
+        };
+        if a.json {
+            println!("{}", serde_json::to_string(&row)?);
+        } else {
+            let o = |v: Option<f64>, p: usize| v.map_or("n/a".to_string(), |v| format!("{v:.p$}"));
+            println!(
+                "{:<26} {:>10.2} {:>10} {:>7} {:>9.1} {:>9} {:>6.1}% {:>7}",
+                row.name,
+                ours,
+                o(theirs, 2),
+                o(row.ratio, 2),
+                row.attnlab_gflops,
+                o(row.pytorch_gflops, 1),
+                100.0 * row.attnlab_peak_fraction,
+                o(row.pytorch_peak_fraction.map(|f| 100.0 * f), 1),
+            );
+        }
+    }
+    Ok(())
 }

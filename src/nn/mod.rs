@@ -1,3 +1,90 @@
-//! Transformer toolkit on candle (issue 5): blocks, stacks, attention capture, FLOP counting.
+//! Transformer toolkit on candle (issue 5): encoder/decoder stacks from one block type, pluggable
+//! (learned or fixed-pattern) heads, attention capture, caller masks, fused CPU kernels, an exact
+//! FLOP counter and the `attnlab bench` comparison against PyTorch.
+//!
+//! Typical use:
+//! ```no_run
+//! use attnlab::nn::{Transformer, TransformerConfig, ForwardOpts};
+//! let cfg = TransformerConfig { causal: true, ..Default::default() };
+//! let dev = attnlab::nn::device().unwrap();
+//! let (model, varmap) = Transformer::build(&cfg, 0, candle_core::DType::F32, &dev).unwrap();
+//! let tokens = candle_core::Tensor::zeros((2, 8), candle_core::DType::U32, &dev).unwrap();
+//! let out = model.forward_with(&tokens, ForwardOpts { capture_attention: true, ..Default::default() }).unwrap();
+//! assert_eq!(out.attention.len(), cfg.n_layers);
+//! ```
 
+pub mod attention;
 pub mod bench;
+pub mod block;
+pub mod config;
+pub mod flops;
+pub mod fused;
+pub mod layers;
+pub mod ops;
+pub mod stack;
+
+pub use config::{Activation, NormPlacement, Positions, TransformerConfig};
+pub use flops::FlopCount;
+pub use stack::{init_params, num_params, AttnMask, ForwardOpts, ForwardOutput, Transformer};
+
+use candle_core::{DType, Device, Tensor, D};
+
+/// The device models run on: CUDA device 0 with the `cuda` feature, else the CPU.
+pub fn device() -> anyhow::Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(Device::new_cuda(0)?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Ok(Device::Cpu)
+    }
+}
+
+/// Mean cross-entropy of `logits (batch, T, C)` against `targets (batch, T)`, over the positions
+/// where `weights (batch, T)` is nonzero (weighted mean), or over all positions when `None`.
+pub fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+) -> anyhow::Result<Tensor> {
+    let (b, t, c) = logits.dims3()?;
+    if targets.dims() != [b, t] {
+        anyhow::bail!(
+            "`targets` has shape {:?}, expected (batch, T) = ({b}, {t})",
+            targets.dims()
+        );
+    }
+    let lp = ops::log_softmax_last_dim(&logits.reshape((b * t, c))?)?;
+    let idx = targets
+        .to_dtype(DType::U32)?
+        .reshape((b * t, 1))?
+        .contiguous()?;
+    let nll = lp.gather(&idx, D::Minus1)?.reshape(b * t)?.neg()?;
+    Ok(match weights {
+        None => nll.mean_all()?,
+        Some(w) => {
+            let w = w.to_dtype(logits.dtype())?.reshape(b * t)?;
+            (nll.mul(&w)?.sum_all()? / w.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)?
+        }
+    })
+}
+
+/// Fraction of positions where `argmax(logits)` equals `targets` (weighted like [`cross_entropy`]).
+pub fn accuracy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+) -> anyhow::Result<f64> {
+    let pred = logits.argmax(D::Minus1)?;
+    let hit = pred
+        .eq(&targets.to_dtype(DType::U32)?)?
+        .to_dtype(DType::F64)?;
+    Ok(match weights {
+        None => hit.mean_all()?.to_scalar::<f64>()?,
+        Some(w) => {
+            let w = w.to_dtype(DType::F64)?;
+            (hit.mul(&w)?.sum_all()?.to_scalar::<f64>()?) / w.sum_all()?.to_scalar::<f64>()?
+        }
+    })
+}

@@ -1,0 +1,194 @@
+//! The one configuration struct of a transformer stack: depth, width, heads, norms, positions,
+//! tying, fixed-pattern heads and depthwise q/k/v convolutions. Validated before any tensor exists.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Where the LayerNorm sits in a block.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPlacement {
+    /// `x + f(LN(x))`, with a final LayerNorm after the stack (GPT-2 style).
+    Pre,
+    /// `LN(x + f(x))`, no final LayerNorm (original Transformer / BERT style).
+    Post,
+}
+
+/// How token positions enter the model.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// A trained `(max_len, d)` table.
+    Learned,
+    /// The fixed sine/cosine table of Vaswani et al.
+    Sinusoidal,
+    /// No position information (attention masks or convolutions must supply it).
+    None,
+}
+
+/// The FFN non-linearity.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Exact (erf) GELU, PyTorch's `nn.GELU()` default.
+    Gelu,
+    Relu,
+}
+
+/// A transformer stack: encoder (`causal = false`) or decoder (`causal = true`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformerConfig {
+    /// Input vocabulary size.
+    pub vocab_size: usize,
+    /// Output classes per position; 0 means `vocab_size`.
+    pub n_out: usize,
+    /// Longest sequence the position table covers.
+    pub max_len: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// FFN hidden width; 0 means `4 * d_model`.
+    pub d_ff: usize,
+    /// Causal (decoder) attention.
+    pub causal: bool,
+    pub norm: NormPlacement,
+    pub activation: Activation,
+    /// Dropout on attention probabilities and on each residual branch; 0 disables it.
+    pub dropout: f64,
+    pub positions: Positions,
+    /// Output projection shares the token embedding matrix.
+    pub tie_embeddings: bool,
+    /// ALBERT-style: one block's parameters applied `n_layers` times.
+    pub share_layers: bool,
+    /// The first `fixed_heads` heads of every layer take a caller-supplied attention pattern
+    /// `(batch, fixed_heads, T, T)` instead of softmax(QK^T); they have no query/key weights.
+    pub fixed_heads: usize,
+    /// Kernel width of depthwise 1-D convolutions over time on the q, k and v projections
+    /// (Primer-style); 0 disables them. Causal padding in a decoder, centred in an encoder.
+    pub qkv_conv: usize,
+    /// LayerNorm epsilon.
+    pub ln_eps: f64,
+    /// Standard deviation of the normal initialisation of weight matrices and embeddings.
+    pub init_std: f64,
+}
+
+impl Default for TransformerConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 32,
+            n_out: 0,
+            max_len: 64,
+            d_model: 128,
+            n_layers: 2,
+            n_heads: 4,
+            d_ff: 0,
+            causal: false,
+            norm: NormPlacement::Pre,
+            activation: Activation::Gelu,
+            dropout: 0.0,
+            positions: Positions::Learned,
+            tie_embeddings: false,
+            share_layers: false,
+            fixed_heads: 0,
+            qkv_conv: 0,
+            ln_eps: 1e-5,
+            init_std: 0.02,
+        }
+    }
+}
+
+impl TransformerConfig {
+    /// FFN width after resolving the `0 = 4 d` default.
+    pub fn ff(&self) -> usize {
+        if self.d_ff == 0 {
+            4 * self.d_model
+        } else {
+            self.d_ff
+        }
+    }
+
+    /// Output classes after resolving the `0 = vocab_size` default.
+    pub fn out(&self) -> usize {
+        if self.n_out == 0 {
+            self.vocab_size
+        } else {
+            self.n_out
+        }
+    }
+
+    /// Width of one head.
+    pub fn d_head(&self) -> usize {
+        self.d_model / self.n_heads.max(1)
+    }
+
+    /// Heads with learned query/key weights.
+    pub fn learned_heads(&self) -> usize {
+        self.n_heads.saturating_sub(self.fixed_heads)
+    }
+
+    /// Checks every field; the error names the field and the fix.
+    pub fn validate(&self) -> Result<()> {
+        let need = |ok: bool, field: &str, fix: String| -> Result<()> {
+            if !ok {
+                bail!("invalid transformer config field `{field}`: {fix}");
+            }
+            Ok(())
+        };
+        need(
+            self.vocab_size > 0,
+            "vocab_size",
+            "must be at least 1".into(),
+        )?;
+        need(self.max_len > 0, "max_len", "must be at least 1".into())?;
+        need(self.d_model > 0, "d_model", "must be at least 1".into())?;
+        need(self.n_layers > 0, "n_layers", "must be at least 1".into())?;
+        need(self.n_heads > 0, "n_heads", "must be at least 1".into())?;
+        need(
+            self.d_model % self.n_heads == 0,
+            "n_heads",
+            format!(
+                "must divide d_model = {} (got {})",
+                self.d_model, self.n_heads
+            ),
+        )?;
+        need(
+            self.fixed_heads <= self.n_heads,
+            "fixed_heads",
+            format!(
+                "must be at most n_heads = {} (got {})",
+                self.n_heads, self.fixed_heads
+            ),
+        )?;
+        need(
+            (0.0..1.0).contains(&self.dropout),
+            "dropout",
+            format!("must be in [0, 1) (got {})", self.dropout),
+        )?;
+        need(
+            !self.tie_embeddings || self.out() == self.vocab_size,
+            "tie_embeddings",
+            format!(
+                "needs n_out = vocab_size (got n_out = {}, vocab_size = {}); set n_out = 0 or untie",
+                self.out(),
+                self.vocab_size
+            ),
+        )?;
+        need(
+            self.ln_eps > 0.0,
+            "ln_eps",
+            "must be positive, e.g. 1e-5".into(),
+        )?;
+        need(
+            self.init_std > 0.0,
+            "init_std",
+            "must be positive, e.g. 0.02".into(),
+        )?;
+        need(
+            self.qkv_conv <= self.max_len,
+            "qkv_conv",
+            format!("kernel width must be at most max_len = {}", self.max_len),
+        )?;
+        Ok(())
+    }
+}
