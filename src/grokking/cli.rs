@@ -25,6 +25,8 @@ pub struct GrokkingArgs {
 pub enum GrokkingCmd {
     /// Print examples of a task's split (deterministic in --seed).
     Sample(SampleArgs),
+    /// Train the depth sweep (or one depth / seed) of an experiment, writing a metrics CSV per run.
+    Train(TrainArgs),
     /// Parse and validate experiment configs (default: every file in experiments/grokking/).
     CheckConfigs {
         /// Files to check.
@@ -96,7 +98,95 @@ pub fn run(a: GrokkingArgs) -> Result<()> {
     match a.cmd {
         GrokkingCmd::Sample(s) => sample(&s),
         GrokkingCmd::CheckConfigs { files } => check_configs(files),
+        GrokkingCmd::Train(t) => train(&t),
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PresetArg {
+    Cpu,
+    Paper,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Experiment file (experiments/grokking/<task>.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub preset: PresetArg,
+    /// Train only this depth (default: every depth of the preset).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Train only this seed (default: seeds 0..preset.seeds).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the preset's number of training steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Root of the run directories (<out>/<task>/<preset>/depth<L>_seed<S>/).
+    #[arg(long, default_value = "runs/grokking")]
+    pub out: PathBuf,
+    /// Print one JSON summary per run instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn train(a: &TrainArgs) -> Result<()> {
+    use super::train::{run_dir, train_run, RunData, RunOpts};
+    let e = GrokkingExperiment::load(&a.config)?;
+    let (name, preset) = match a.preset {
+        PresetArg::Cpu => ("cpu", &e.cpu),
+        PresetArg::Paper => ("paper", &e.paper),
+    };
+    let depths = match a.depth {
+        Some(d) => vec![d],
+        None => preset.depths.clone(),
+    };
+    let seeds: Vec<u64> = match a.seed {
+        Some(s) => vec![s],
+        None => (0..preset.seeds as u64).collect(),
+    };
+    let data = RunData::new(e.task, preset)?;
+    for &depth in &depths {
+        for &seed in &seeds {
+            let out_dir = run_dir(&a.out, e.task, name, depth, seed);
+            let t0 = std::time::Instant::now();
+            let r = train_run(
+                e.task,
+                preset,
+                &data,
+                depth,
+                seed,
+                &RunOpts {
+                    out_dir: out_dir.clone(),
+                    stop: &crate::interrupt::requested,
+                    steps: a.steps,
+                },
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let last = r.curve.last();
+                println!(
+                    "depth {depth} seed {seed}: {} in {:.0}s; in-domain {:.3}, gen {:.3}, early stop at {:?} (gen {:.3}), grokked {}; {}",
+                    if r.completed { "done" } else { "interrupted" },
+                    t0.elapsed().as_secs_f64(),
+                    last.map_or(f64::NAN, |l| l.in_domain_acc),
+                    last.map_or(f64::NAN, |l| l.gen_acc),
+                    r.early_stop_step,
+                    r.gen_at_early_stop.unwrap_or(f64::NAN),
+                    r.grokked,
+                    out_dir.join("metrics.csv").display()
+                );
+            }
+            if !r.completed {
+                eprintln!("interrupted: state saved in `{}`; rerun the same command to resume", out_dir.display());
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_configs(mut files: Vec<PathBuf>) -> Result<()> {

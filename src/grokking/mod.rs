@@ -8,6 +8,7 @@ pub mod config;
 pub mod dyck;
 pub mod grammar;
 pub mod internals;
+pub mod train;
 pub mod tree;
 pub mod tree_projection;
 
