@@ -67,12 +67,18 @@ impl RunData {
         };
         match task {
             Task::Dyck => {
-                let d = preset.data.dyck.as_ref().context("Dyck task without [data.dyck]")?;
+                let d = preset
+                    .data
+                    .dyck
+                    .as_ref()
+                    .context("Dyck task without [data.dyck]")?;
                 let split = dyck::structure_split(&d.sampler(), sizes, d.split, preset.data.seed)?;
                 let k = d.bracket_types;
                 let (bos, pad) = (2 * k as u32, 2 * k as u32 + 1);
                 let enc = |s: &Vec<u16>| -> Vec<u32> {
-                    std::iter::once(bos).chain(s.iter().map(|&t| t as u32)).collect()
+                    std::iter::once(bos)
+                        .chain(s.iter().map(|&t| t as u32))
+                        .collect()
                 };
                 let train: Vec<Vec<u32>> = split.train.iter().map(enc).collect();
                 let max_len = split
@@ -216,6 +222,28 @@ impl EvalRow {
         "tparseval",
         "tparseval_right_branching",
     ];
+    fn from_values(v: &[Option<f64>]) -> Result<Self> {
+        if v.len() != Self::HEADER.len() {
+            anyhow::bail!(
+                "checkpoint curve row has {} values, expected {}",
+                v.len(),
+                Self::HEADER.len()
+            );
+        }
+        let g = |i: usize| v[i].unwrap_or(f64::NAN);
+        Ok(Self {
+            step: g(0) as usize,
+            train_loss: g(1),
+            in_domain_acc: g(2),
+            gen_acc: g(3),
+            weight_norm: g(4),
+            sparsity: g(5),
+            tscore: g(6),
+            tparseval: g(7),
+            tparseval_right_branching: g(8),
+        })
+    }
+
     pub fn values(&self) -> Vec<f64> {
         vec![
             self.step as f64,
@@ -235,7 +263,8 @@ impl EvalRow {
 #[derive(Serialize, Deserialize)]
 struct Extra {
     config: String,
-    curve: Vec<EvalRow>,
+    /// [`EvalRow::values`] with NaN as `None` (JSON has no NaN).
+    curve: Vec<Vec<Option<f64>>>,
     loss_sum: f64,
     loss_n: usize,
 }
@@ -256,13 +285,7 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    fn from_curve(
-        depth: usize,
-        seed: u64,
-        curve: Vec<EvalRow>,
-        completed: bool,
-        thr: f64,
-    ) -> Self {
+    fn from_curve(depth: usize, seed: u64, curve: Vec<EvalRow>, completed: bool, thr: f64) -> Self {
         let mut best: Option<&EvalRow> = None;
         for r in &curve {
             if best.is_none_or(|b| r.in_domain_acc > b.in_domain_acc) {
@@ -321,7 +344,12 @@ fn logits_of(model: &Transformer, lines: &[Vec<u32>], pad: u32) -> Result<Vec<Ar
 }
 
 /// Greedy continuations of `prompts` for `steps` tokens.
-fn greedy(model: &Transformer, prompts: &[Vec<u32>], steps: usize, pad: u32) -> Result<Vec<Vec<u32>>> {
+fn greedy(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    pad: u32,
+) -> Result<Vec<Vec<u32>>> {
     let mut seqs = prompts.to_vec();
     let max_len = model.cfg.max_len;
     for _ in 0..steps {
@@ -355,7 +383,11 @@ fn accuracy(model: &Transformer, data: &RunData, preset: &Preset, gen: bool) -> 
             let set = if gen { &split.gen } else { &split.val };
             let lines: Vec<Vec<u32>> = set
                 .iter()
-                .map(|s| std::iter::once(data.bos).chain(s.iter().map(|&t| t as u32)).collect())
+                .map(|s| {
+                    std::iter::once(data.bos)
+                        .chain(s.iter().map(|&t| t as u32))
+                        .collect()
+                })
                 .collect();
             let logits = logits_of(model, &lines, data.pad)?;
             let mut acc = dyck::ClosingAccuracy::default();
@@ -400,8 +432,10 @@ fn accuracy(model: &Transformer, data: &RunData, preset: &Preset, gen: bool) -> 
                 let steps = exs.iter().map(|e| e.output.len() + 1).max().unwrap_or(1);
                 let outs = greedy(model, &prompts, steps, data.pad)?;
                 for (e, o) in exs.iter().zip(&outs) {
-                    let words: Vec<&str> =
-                        o.iter().map(|&i| vocab.word(i as usize).unwrap_or("<bos>")).collect();
+                    let words: Vec<&str> = o
+                        .iter()
+                        .map(|&i| vocab.word(i as usize).unwrap_or("<bos>"))
+                        .collect();
                     correct += ti_main_verb_correct(e, &words, vocab) as usize;
                 }
             }
@@ -413,9 +447,16 @@ fn accuracy(model: &Transformer, data: &RunData, preset: &Preset, gen: bool) -> 
 /// `||theta|| / L` over every parameter of `vm`.
 pub fn model_weight_norm(vm: &VarMap, n_layers: usize) -> Result<f64> {
     let data = vm.data().lock().expect("VarMap lock poisoned");
-    let mut vals: Vec<Vec<f32>> = Vec::with_capacity(data.len());
-    for v in data.values() {
-        vals.push(v.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    let mut vars: Vec<_> = data.iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(b.0)); // fixed summation order: bit-identical across instances
+    let mut vals: Vec<Vec<f32>> = Vec::with_capacity(vars.len());
+    for (_, v) in vars {
+        vals.push(
+            v.as_tensor()
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?,
+        );
     }
     Ok(weight_norm(vals.iter().map(|v| v.as_slice()), n_layers))
 }
@@ -542,7 +583,12 @@ fn tree_sentences(data: &RunData) -> Result<Vec<(Vec<u32>, Option<BinaryTree>)>>
             .collect(),
         (_, Some((s, v))) => {
             let mut out = Vec::new();
-            for e in s.train.iter().filter(|e| ok(e.input.len())).take(TREE_SENTENCES) {
+            for e in s
+                .train
+                .iter()
+                .filter(|e| ok(e.input.len()))
+                .take(TREE_SENTENCES)
+            {
                 let ids = v.encode(&e.input)?.into_iter().map(|i| i as u32).collect();
                 out.push((ids, Some(e.tree.clone())));
             }
@@ -664,9 +710,21 @@ pub fn train_run(
                 ck.display()
             );
         }
-        data_rng = r.rngs.get("data").context("no data RNG in checkpoint")?.clone();
-        drop_rng = r.rngs.get("dropout").context("no dropout RNG in checkpoint")?.clone();
-        curve = extra.curve;
+        data_rng = r
+            .rngs
+            .get("data")
+            .context("no data RNG in checkpoint")?
+            .clone();
+        drop_rng = r
+            .rngs
+            .get("dropout")
+            .context("no dropout RNG in checkpoint")?
+            .clone();
+        curve = extra
+            .curve
+            .iter()
+            .map(|v| EvalRow::from_values(v))
+            .collect::<Result<_>>()?;
         loss_sum = extra.loss_sum;
         loss_n = extra.loss_n;
     }
@@ -674,7 +732,15 @@ pub fn train_run(
     let save = |opt: &Optimizer, curve: &[EvalRow], ls: f64, ln: usize, d: &Rng, r: &Rng| {
         let extra = serde_json::to_string(&Extra {
             config: config_json.clone(),
-            curve: curve.to_vec(),
+            curve: curve
+                .iter()
+                .map(|r| {
+                    r.values()
+                        .into_iter()
+                        .map(|x| (!x.is_nan()).then_some(x))
+                        .collect()
+                })
+                .collect(),
             loss_sum: ls,
             loss_n: ln,
         })?;
@@ -690,11 +756,18 @@ pub fn train_run(
     }
     let mut step = opt.step as usize;
     while step < steps {
-        let l = train_step(&model, &mut opt, data, preset.train.batch, &mut data_rng, &mut drop_rng)?;
+        let l = train_step(
+            &model,
+            &mut opt,
+            data,
+            preset.train.batch,
+            &mut data_rng,
+            &mut drop_rng,
+        )?;
         loss_sum += l;
         loss_n += 1;
         step += 1;
-        if step % every == 0 || step == steps {
+        if step.is_multiple_of(every) || step == steps {
             let row = evaluate(&model, &vm, data, preset, step, loss_sum / loss_n as f64)?;
             curve.push(row);
             loss_sum = 0.0;
@@ -734,4 +807,3 @@ pub fn run_dir(root: &Path, task: Task, preset: &str, depth: usize, seed: u64) -
         .join(preset)
         .join(format!("depth{depth}_seed{seed}"))
 }
-

@@ -45,7 +45,8 @@ impl Elem for f64 {
 }
 
 fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let v = T::slice(s).ok_or_else(|| candle_core::Error::Msg(format!("{what}: dtype mismatch")))?;
+    let v =
+        T::slice(s).ok_or_else(|| candle_core::Error::Msg(format!("{what}: dtype mismatch")))?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{what}: input has to be contiguous"),
@@ -188,7 +189,9 @@ impl CustomOp3 for Linear {
         let rows = x.elem_count() / inp;
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad)?;
         let dx = packed.narrow(0, 0, rows * inp)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, rows * inp, out * inp)?.reshape((out, inp))?;
+        let dw = packed
+            .narrow(0, rows * inp, out * inp)?
+            .reshape((out, inp))?;
         let db = packed.narrow(0, rows * inp + out * inp, out)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
@@ -329,68 +332,65 @@ impl Attention {
         let mut y = vec![T::zero(); g.b * t * hd];
         let mut probs = vec![T::zero(); g.b * h * t * t];
         let yp = Ptr(y.as_mut_ptr());
-        probs
-            .par_chunks_mut(t * t)
-            .enumerate()
-            .for_each(|(bh, p)| {
-                let (bi, hi) = (bh / h, bh % h);
-                let base = &qkv[bi * t * w..];
-                if hi < nf {
-                    p.copy_from_slice(&pat[(bi * nf + hi) * t * t..(bi * nf + hi + 1) * t * t]);
-                } else {
-                    let li = hi - nf;
-                    unsafe {
-                        mm(
-                            t,
-                            t,
-                            dh,
-                            p.as_mut_ptr(),
-                            (t as isize, 1),
-                            base[li * dh..].as_ptr(),
-                            (w as isize, 1),
-                            base[(nl + li) * dh..].as_ptr(),
-                            (1, w as isize),
-                            scale,
-                            false,
-                            Parallelism::None,
-                        );
-                    }
-                    let bb = if g.bias_b == 1 { 0 } else { bi };
-                    let brow = &bias[bb * t * t..(bb + 1) * t * t];
-                    for (row, br) in p.chunks_mut(t).zip(brow.chunks(t)) {
-                        let mut m = T::neg_infinity();
-                        for (x, &bv) in row.iter_mut().zip(br) {
-                            *x = *x + bv;
-                            m = m.max(*x);
-                        }
-                        let mut s = T::zero();
-                        for x in row.iter_mut() {
-                            *x = (*x - m).exp();
-                            s = s + *x;
-                        }
-                        let inv = T::one() / s;
-                        row.iter_mut().for_each(|x| *x = *x * inv);
-                    }
-                }
-                // y[bi, :, hi*dh..] = P @ V_hi
-                let yp = yp;
+        probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let base = &qkv[bi * t * w..];
+            if hi < nf {
+                p.copy_from_slice(&pat[(bi * nf + hi) * t * t..(bi * nf + hi + 1) * t * t]);
+            } else {
+                let li = hi - nf;
                 unsafe {
                     mm(
                         t,
-                        dh,
                         t,
-                        yp.0.add(bi * t * hd + hi * dh),
-                        (hd as isize, 1),
-                        p.as_ptr(),
+                        dh,
+                        p.as_mut_ptr(),
                         (t as isize, 1),
-                        base[(2 * nl + hi) * dh..].as_ptr(),
+                        base[li * dh..].as_ptr(),
                         (w as isize, 1),
-                        T::one(),
+                        base[(nl + li) * dh..].as_ptr(),
+                        (1, w as isize),
+                        scale,
                         false,
                         Parallelism::None,
                     );
                 }
-            });
+                let bb = if g.bias_b == 1 { 0 } else { bi };
+                let brow = &bias[bb * t * t..(bb + 1) * t * t];
+                for (row, br) in p.chunks_mut(t).zip(brow.chunks(t)) {
+                    let mut m = T::neg_infinity();
+                    for (x, &bv) in row.iter_mut().zip(br) {
+                        *x = *x + bv;
+                        m = m.max(*x);
+                    }
+                    let mut s = T::zero();
+                    for x in row.iter_mut() {
+                        *x = (*x - m).exp();
+                        s = s + *x;
+                    }
+                    let inv = T::one() / s;
+                    row.iter_mut().for_each(|x| *x = *x * inv);
+                }
+            }
+            // y[bi, :, hi*dh..] = P @ V_hi
+            let yp = yp;
+            unsafe {
+                mm(
+                    t,
+                    dh,
+                    t,
+                    yp.0.add(bi * t * hd + hi * dh),
+                    (hd as isize, 1),
+                    p.as_ptr(),
+                    (t as isize, 1),
+                    base[(2 * nl + hi) * dh..].as_ptr(),
+                    (w as isize, 1),
+                    T::one(),
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
         (y, probs)
     }
 }

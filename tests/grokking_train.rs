@@ -1,0 +1,217 @@
+//! Training-side checks of the structural-grokking replication: the sparsity metric, the
+//! context-free span encoding, resumption after a stop, and that a tiny decoder learns Dyck.
+
+use attnlab::grokking::config::{GrokkingExperiment, Preset, Task};
+use attnlab::grokking::train::{
+    attention_sparsity, context_free_states, model_config, train_run, RunData, RunOpts,
+};
+use attnlab::nn::{ForwardOpts, Transformer};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn tiny_dyck() -> Preset {
+    let e = GrokkingExperiment::load(Path::new("experiments/grokking/dyck.toml")).unwrap();
+    let mut p = e.cpu;
+    p.data.train = 2000;
+    p.data.val = 50;
+    p.data.gen = 50;
+    let d = p.data.dyck.as_mut().unwrap();
+    d.bracket_types = 2;
+    d.max_depth = 3;
+    d.max_len = Some(16);
+    p.model.d_model = 32;
+    p.model.heads = 2;
+    p.model.ffn = 64;
+    p.optim.lr = 3e-3;
+    p.optim.warmup_steps = 20;
+    p.train.batch = 32;
+    p.eval.every = 10;
+    p.eval.train_examples = 8;
+    p.eval.min_dist = Some(0);
+    p
+}
+
+#[test]
+fn sparsity_equals_direct_recomputation_per_layer() {
+    let p = tiny_dyck();
+    let data = RunData::new(Task::Dyck, &p).unwrap();
+    let cfg = model_config(&p, 3, &data);
+    let (model, _) = Transformer::build(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
+    let lines: Vec<Vec<u32>> = data.train[..6].to_vec();
+    let got = attention_sparsity(&model, &lines, data.pad).unwrap();
+    // Direct: one unpadded line at a time, entropy of every causal row of every head and layer.
+    let (mut h_sum, mut rows) = (0.0f64, 0usize);
+    let mut per_layer = vec![0.0f64; 3];
+    for l in &lines {
+        let x = Tensor::from_vec(l.clone(), (1, l.len()), &Device::Cpu).unwrap();
+        let out = model
+            .forward_with(
+                &x,
+                ForwardOpts {
+                    capture_attention: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(out.attention.len(), 3);
+        for (li, a) in out.attention.iter().enumerate() {
+            let v: Vec<Vec<Vec<f32>>> = a.squeeze(0).unwrap().to_vec3().unwrap();
+            for head in &v {
+                for (q, row) in head.iter().enumerate() {
+                    let s: f32 = row[..=q].iter().sum();
+                    assert!((s - 1.0).abs() < 1e-4, "causal row sums to {s}");
+                    let h: f64 = row[..=q]
+                        .iter()
+                        .filter(|&&p| p > 0.0)
+                        .map(|&p| -(p as f64) * (p as f64).ln())
+                        .sum();
+                    h_sum += h;
+                    per_layer[li] += h;
+                    rows += 1;
+                }
+            }
+        }
+    }
+    let direct = -h_sum / rows as f64;
+    assert!(
+        (got - direct).abs() < 1e-5,
+        "sparsity {got} vs direct {direct}"
+    );
+    // Every layer contributes (a random init is not degenerate).
+    assert!(per_layer.iter().all(|&h| h > 0.0));
+}
+
+#[test]
+fn context_free_span_ignores_outside_tokens() {
+    let p = tiny_dyck();
+    let data = RunData::new(Task::Dyck, &p).unwrap();
+    let cfg = model_config(&p, 2, &data);
+    let (model, _) = Transformer::build(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    let bos = data.bos;
+    let a = vec![bos, 0, 1, 3, 2, 1, 3];
+    let mut b = a.clone();
+    b[1] = 1; // outside the span (3, 4), before it
+    b[6] = 2; // after it
+    let spans = [(3usize, 4usize)];
+    let (ic_a, cf_a) = context_free_states(&model, &a, &spans).unwrap();
+    let (ic_b, cf_b) = context_free_states(&model, &b, &spans).unwrap();
+    let d = cfg.d_model;
+    let span = |v: &[f32]| v[3 * d..5 * d].to_vec();
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        diff(&span(&cf_a[0]), &span(&cf_b[0])) < 1e-5,
+        "context-free states changed"
+    );
+    let changed = diff(&span(&ic_a), &span(&ic_b));
+    assert!(
+        changed > 1e-4,
+        "in-context states did not change ({changed})"
+    );
+}
+
+#[test]
+fn stopped_run_resumes_to_identical_metrics() {
+    let p = tiny_dyck();
+    let data = RunData::new(Task::Dyck, &p).unwrap();
+    let root = std::env::temp_dir().join(format!("attnlab_grok_resume_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let never = || false;
+    let full = train_run(
+        Task::Dyck,
+        &p,
+        &data,
+        2,
+        7,
+        &RunOpts {
+            out_dir: root.join("full"),
+            stop: &never,
+            steps: Some(30),
+        },
+    )
+    .unwrap();
+    let calls = AtomicUsize::new(0);
+    let stop_at_13 = || calls.fetch_add(1, Ordering::SeqCst) + 1 == 13;
+    let dir = root.join("stopped");
+    let first = train_run(
+        Task::Dyck,
+        &p,
+        &data,
+        2,
+        7,
+        &RunOpts {
+            out_dir: dir.clone(),
+            stop: &stop_at_13,
+            steps: Some(30),
+        },
+    )
+    .unwrap();
+    assert!(!first.completed);
+    assert!(first.curve.len() < full.curve.len());
+    let resumed = train_run(
+        Task::Dyck,
+        &p,
+        &data,
+        2,
+        7,
+        &RunOpts {
+            out_dir: dir.clone(),
+            stop: &never,
+            steps: Some(30),
+        },
+    )
+    .unwrap();
+    assert!(resumed.completed);
+    assert_eq!(resumed.curve.len(), 4);
+    for (a, b) in full.curve.iter().zip(&resumed.curve) {
+        let (va, vb) = (a.values(), b.values());
+        for (x, y) in va.iter().zip(&vb) {
+            assert!(
+                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                "{va:?} vs {vb:?}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(root.join("full/metrics.csv")).unwrap(),
+        std::fs::read_to_string(dir.join("metrics.csv")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn tiny_decoder_learns_tiny_dyck() {
+    let mut p = tiny_dyck();
+    p.eval.every = 150;
+    p.model.dropout = 0.0;
+    let data = RunData::new(Task::Dyck, &p).unwrap();
+    let root = std::env::temp_dir().join(format!("attnlab_grok_learn_{}", std::process::id()));
+    let never = || false;
+    let r = train_run(
+        Task::Dyck,
+        &p,
+        &data,
+        2,
+        0,
+        &RunOpts {
+            out_dir: root.clone(),
+            stop: &never,
+            steps: Some(300),
+        },
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    let first = r.curve.first().unwrap().in_domain_acc;
+    let last = r.curve.last().unwrap().in_domain_acc;
+    // Chance among k = 2 closing brackets is 0.5.
+    assert!(last > 0.8, "in-domain closing accuracy {first} -> {last}");
+    assert!(
+        first < 0.7,
+        "untrained accuracy {first} should be near chance"
+    );
+}
