@@ -9,7 +9,7 @@ use super::config::GrokkingExperiment;
 use super::dyck::{self, DyckConfig, SplitCriterion};
 use super::grammar::{self, GrammarExample, GrammarTask};
 use super::SplitSizes;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 use std::io::Write;
@@ -25,42 +25,27 @@ pub struct GrokkingArgs {
 pub enum GrokkingCmd {
     /// Print examples of a task's split (deterministic in --seed).
     Sample(SampleArgs),
+    /// Write the figure CSVs (accuracy, grok fraction, internals, tparseval) of trained runs.
+    FigureData {
+        /// Experiment file (for the task and the grokking threshold).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "cpu")]
+        preset: PresetArg,
+        /// Root of the run directories, as given to `train --out`.
+        #[arg(long, default_value = "runs/grokking")]
+        runs: PathBuf,
+        /// Where the CSVs go (default: figures/grokking/<task>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Train the depth sweep (or one depth / seed) of an experiment, writing a metrics CSV per run.
+    Train(TrainArgs),
     /// Parse and validate experiment configs (default: every file in experiments/grokking/).
     CheckConfigs {
         /// Files to check.
         files: Vec<PathBuf>,
     },
-    /// Train one Dyck LM (one depth, one seed), evaluating as the config says; resumable.
-    Train(TrainArgs),
-}
-
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {
-    /// An experiment file under experiments/grokking/.
-    #[arg(long)]
-    pub config: PathBuf,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub preset: PresetArg,
-    /// Number of layers (default: the preset's first depth).
-    #[arg(long)]
-    pub depth: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Overrides the preset's step count.
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Run directory (default runs/grokking/<config>-<preset>-L<depth>-seed<seed>).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Print the final evaluation as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PresetArg {
-    Cpu,
-    Paper,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,65 +112,115 @@ pub fn run(a: GrokkingArgs) -> Result<()> {
     match a.cmd {
         GrokkingCmd::Sample(s) => sample(&s),
         GrokkingCmd::CheckConfigs { files } => check_configs(files),
-        GrokkingCmd::Train(t) => train(t),
+        GrokkingCmd::Train(t) => train(&t),
+        GrokkingCmd::FigureData {
+            config,
+            preset,
+            runs,
+            out,
+        } => {
+            let e = GrokkingExperiment::load(&config)?;
+            let (name, p) = match preset {
+                PresetArg::Cpu => ("cpu", &e.cpu),
+                PresetArg::Paper => ("paper", &e.paper),
+            };
+            let task = format!("{:?}", e.task).to_lowercase();
+            let dir = runs.join(&task).join(name);
+            let out = out.unwrap_or_else(|| PathBuf::from("figures/grokking").join(&task));
+            for f in super::figures::write_figure_data(&dir, &out, p.eval.grok_threshold)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
     }
 }
 
-fn train(a: TrainArgs) -> Result<()> {
-    let exp = super::config::GrokkingExperiment::load(&a.config)?;
-    let mut preset = match a.preset {
-        PresetArg::Cpu => exp.cpu.clone(),
-        PresetArg::Paper => exp.paper.clone(),
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PresetArg {
+    Cpu,
+    Paper,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Experiment file (experiments/grokking/<task>.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub preset: PresetArg,
+    /// Train only this depth (default: every depth of the preset).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Train only this seed (default: seeds 0..preset.seeds).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the preset's number of training steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Root of the run directories (<out>/<task>/<preset>/depth<L>_seed<S>/).
+    #[arg(long, default_value = "runs/grokking")]
+    pub out: PathBuf,
+    /// Print one JSON summary per run instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn train(a: &TrainArgs) -> Result<()> {
+    use super::train::{run_dir, train_run, RunData, RunOpts};
+    let e = GrokkingExperiment::load(&a.config)?;
+    let (name, preset) = match a.preset {
+        PresetArg::Cpu => ("cpu", &e.cpu),
+        PresetArg::Paper => ("paper", &e.paper),
     };
-    if let Some(s) = a.steps {
-        crate::config::require(s >= 1, "--steps", "must be at least 1")?;
-        preset.train.steps = s;
-    }
-    let depth = a.depth.unwrap_or(preset.depths[0]);
-    crate::config::require(depth >= 1, "--depth", "must be at least 1")?;
-    let name = a
-        .config
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("run");
-    let out = a.out.unwrap_or_else(|| {
-        PathBuf::from(
-            format!(
-                "runs/grokking/{name}-{:?}-L{depth}-seed{}",
-                a.preset, a.seed
-            )
-            .to_lowercase(),
-        )
-    });
-    let bar = crate::progress::bar(
-        preset.train.steps as u64,
-        &format!("grokking {name} L={depth} seed={}", a.seed),
-        a.json,
-    );
-    let control = super::train::RunControl {
-        checkpoint: Some(out.join("checkpoint.safetensors")),
-        stop: &crate::interrupt::requested,
+    let depths = match a.depth {
+        Some(d) => vec![d],
+        None => preset.depths.clone(),
     };
-    let csv = out.join("metrics.csv");
-    let mut seen = Vec::new();
-    let history = super::train::train_dyck(&exp, &preset, depth, a.seed, &control, &mut |p| {
-        bar.set_position(p.step as u64);
-        bar.set_message(format!(
-            "grokking {name} L={depth}: val {:.3} gen {:.3}",
-            p.val_acc, p.gen_acc
-        ));
-        seen.push(p.clone());
-        // Metrics so far survive an interruption.
-        let _ = super::train::write_history(&csv, &seen);
-    })?;
-    bar.finish_and_clear();
-    super::train::write_history(&csv, &history)?;
-    let last = history.last().context("a run evaluates at least once")?;
-    if a.json {
-        println!("{}", serde_json::to_string(last)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(last)?);
-        eprintln!("metrics written to {}", csv.display());
+    let seeds: Vec<u64> = match a.seed {
+        Some(s) => vec![s],
+        None => (0..preset.seeds as u64).collect(),
+    };
+    let data = RunData::new(e.task, preset)?;
+    for &depth in &depths {
+        for &seed in &seeds {
+            let out_dir = run_dir(&a.out, e.task, name, depth, seed);
+            let t0 = std::time::Instant::now();
+            let r = train_run(
+                e.task,
+                preset,
+                &data,
+                depth,
+                seed,
+                &RunOpts {
+                    out_dir: out_dir.clone(),
+                    stop: &crate::interrupt::requested,
+                    steps: a.steps,
+                },
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let last = r.curve.last();
+                println!(
+                    "depth {depth} seed {seed}: {} in {:.0}s; in-domain {:.3}, gen {:.3}, early stop at {:?} (gen {:.3}), grokked {}; {}",
+                    if r.completed { "done" } else { "interrupted" },
+                    t0.elapsed().as_secs_f64(),
+                    last.map_or(f64::NAN, |l| l.in_domain_acc),
+                    last.map_or(f64::NAN, |l| l.gen_acc),
+                    r.early_stop_step,
+                    r.gen_at_early_stop.unwrap_or(f64::NAN),
+                    r.grokked,
+                    out_dir.join("metrics.csv").display()
+                );
+            }
+            if !r.completed {
+                eprintln!(
+                    "interrupted: state saved in `{}`; rerun the same command to resume",
+                    out_dir.display()
+                );
+                return Ok(());
+            }
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod dyck;
+pub mod figures;
 pub mod grammar;
 pub mod internals;
 pub mod train;
