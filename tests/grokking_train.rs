@@ -42,7 +42,7 @@ fn sparsity_equals_direct_recomputation_per_layer() {
     let got = attention_sparsity(&model, &lines, data.pad).unwrap();
     // Direct: one unpadded line at a time, entropy of every causal row of every head and layer.
     let (mut h_sum, mut rows) = (0.0f64, 0usize);
-    let mut per_layer = vec![0.0f64; 3];
+    let mut per_layer = [0.0f64; 3];
     for l in &lines {
         let x = Tensor::from_vec(l.clone(), (1, l.len()), &Device::Cpu).unwrap();
         let out = model
