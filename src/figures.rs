@@ -52,6 +52,10 @@ pub struct FiguresArgs {
     /// Where the figure configs are read from (`<dir>/<paper>/figures/<name>.toml`).
     #[arg(long, default_value = "experiments")]
     pub experiments: PathBuf,
+    /// Where figures that train models keep their run directories (checkpoints and results,
+    /// reused across invocations and resumed after Ctrl-C; not committed).
+    #[arg(long, default_value = "runs/figures")]
+    pub runs: PathBuf,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -69,6 +73,8 @@ pub struct FigureContext<'a> {
     pub config: &'a Path,
     pub preset: FigurePreset,
     pub quiet: bool,
+    /// Root for the run directories of figures that train models (`--runs`).
+    pub runs: &'a Path,
 }
 
 /// What a figure function returns: its panels (drawn side by side into one PNG, and written as
@@ -85,6 +91,9 @@ pub struct Figure {
     /// What it shows, one line (goes into the index).
     pub what: &'static str,
     pub compute: fn(&FigureContext) -> Result<FigureOutput>,
+    /// Config file relative to the experiments directory; `None` means
+    /// `<paper>/figures/<name>.toml`. Several figures may share one experiment file.
+    pub config: Option<&'static str>,
     /// Parses and range-checks the config file (every preset) without computing anything.
     pub check: fn(&Path) -> Result<()>,
 }
@@ -92,6 +101,9 @@ pub struct Figure {
 impl Figure {
     /// The config file under the experiments directory: `<paper>/figures/<name>.toml`.
     pub fn config_path(&self, experiments: &Path) -> PathBuf {
+        if let Some(c) = self.config {
+            return experiments.join(c);
+        }
         let (paper, name) = self.name.split_once('/').unwrap_or(("misc", self.name));
         experiments
             .join(paper)
@@ -102,7 +114,10 @@ impl Figure {
 
 /// Every figure of the project. Papers add theirs here.
 pub fn registry() -> Vec<Figure> {
-    crate::sts::figures::figures()
+    let mut all = crate::sts::figures::figures();
+    all.extend(crate::lego::figures::registered());
+    all.extend(crate::grokking::figures::registered());
+    all
 }
 
 /// The JSON written beside each figure.
@@ -202,6 +217,7 @@ pub fn run(a: FiguresArgs) -> Result<()> {
             config: &cfg,
             preset: a.preset,
             quiet: a.quiet,
+            runs: &a.runs,
         };
         let out = (f.compute)(&ctx).with_context(|| format!("figure `{}`", f.name))?;
         crate::plot::draw_png(&png, &out.charts)?;

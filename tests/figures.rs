@@ -22,6 +22,8 @@ fn figures(out: &Path, extra: &[&str]) -> Output {
     let o = Command::new(env!("CARGO_BIN_EXE_attnlab"))
         .args(["figures", "--preset", "tiny", "--quiet", "--out"])
         .arg(out)
+        .arg("--runs")
+        .arg(out.join("runs"))
         .args(extra)
         .output()
         .unwrap();
