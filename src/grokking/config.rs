@@ -121,6 +121,14 @@ pub struct ModelConfig {
     pub norm: Norm,
     pub positions: Positions,
     pub tied_embeddings: bool,
+    /// Token-embedding initialisation std (absent: the toolkit's 0.02). The official code keeps
+    /// PyTorch's `nn.Embedding` default, N(0, 1).
+    #[serde(default)]
+    pub embedding_init_std: Option<f64>,
+    /// Multiply token embeddings by sqrt(d_model) before adding positions (the official code's
+    /// `scale_mode = "opennmt"`).
+    #[serde(default)]
+    pub embedding_scale_sqrt_d: bool,
 }
 
 /// Learning-rate schedule after the linear warmup.

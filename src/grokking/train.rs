@@ -166,6 +166,12 @@ pub fn model_config(preset: &Preset, depth: usize, data: &RunData) -> Transforme
             Positions::Learned => nn::Positions::Learned,
         },
         tie_embeddings: m.tied_embeddings,
+        emb_init_std: m.embedding_init_std,
+        emb_scale: if m.embedding_scale_sqrt_d {
+            (m.d_model as f64).sqrt()
+        } else {
+            1.0
+        },
         ..Default::default()
     }
 }

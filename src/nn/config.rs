@@ -71,6 +71,13 @@ pub struct TransformerConfig {
     pub ln_eps: f64,
     /// Standard deviation of the normal initialisation of weight matrices and embeddings.
     pub init_std: f64,
+    /// Standard deviation of the token embedding's initialisation; `None` uses `init_std`.
+    /// PyTorch's `nn.Embedding` default is 1.
+    pub emb_init_std: Option<f64>,
+    /// Token embeddings are multiplied by this before positions are added (OpenNMT's
+    /// `sqrt(d_model)`); a tied output layer reads the unscaled matrix. With small embeddings
+    /// and sinusoidal positions of norm sqrt(d/2), a scale of 1 leaves tokens drowned by positions.
+    pub emb_scale: f64,
 }
 
 impl Default for TransformerConfig {
@@ -94,6 +101,8 @@ impl Default for TransformerConfig {
             qkv_conv: 0,
             ln_eps: 1e-5,
             init_std: 0.02,
+            emb_init_std: None,
+            emb_scale: 1.0,
         }
     }
 }
@@ -183,6 +192,16 @@ impl TransformerConfig {
             self.init_std > 0.0,
             "init_std",
             "must be positive, e.g. 0.02".into(),
+        )?;
+        need(
+            self.emb_init_std.is_none_or(|s| s > 0.0 && s.is_finite()),
+            "emb_init_std",
+            "must be positive (or absent to use init_std), e.g. 1.0".into(),
+        )?;
+        need(
+            self.emb_scale > 0.0 && self.emb_scale.is_finite(),
+            "emb_scale",
+            "must be positive, e.g. 1.0 or sqrt(d_model)".into(),
         )?;
         need(
             self.qkv_conv <= self.max_len,

@@ -147,6 +147,9 @@ impl Transformer {
             .tok_emb
             .index_select(&ids, 0)?
             .reshape((b, t, cfg.d_model))?;
+        if cfg.emb_scale != 1.0 {
+            x = (x * cfg.emb_scale)?;
+        }
         if let Some(p) = &self.pos {
             x = x.broadcast_add(&p.narrow(0, 0, t)?)?;
         }
@@ -246,6 +249,7 @@ impl Transformer {
 pub fn init_params(vm: &VarMap, cfg: &TransformerConfig, seed: u64) -> anyhow::Result<()> {
     let mut rng = crate::rng::seeded(seed);
     let normal = rand_distr::Normal::new(0.0, cfg.init_std)?;
+    let emb_normal = rand_distr::Normal::new(0.0, cfg.emb_init_std.unwrap_or(cfg.init_std))?;
     let data = vm.data().lock().expect("VarMap lock poisoned");
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
@@ -264,6 +268,7 @@ pub fn init_params(vm: &VarMap, cfg: &TransformerConfig, seed: u64) -> anyhow::R
             match leaf {
                 "gamma" => vec![1.0; n],
                 "beta" | "b" => vec![0.0; n],
+                "tok_emb" => (0..n).map(|_| emb_normal.sample(&mut rng)).collect(),
                 _ => (0..n).map(|_| normal.sample(&mut rng)).collect(),
             }
         };
