@@ -281,6 +281,9 @@ fn train_pending(
         }
         Ok(())
     };
+    // Runs in parallel on rayon's threads (candle's matmuls then mostly stay on their own
+    // thread): bit-identical results, and not slower than one run after another with two
+    // threads each when measured on the busy 2-core machine; RAYON_NUM_THREADS=1 is sequential.
     if rayon::current_num_threads() > 1 && pending.len() > 1 {
         pending.par_iter().try_for_each(one)?;
     } else {
@@ -312,7 +315,7 @@ fn over_seeds(
     depth: usize,
     label: impl Into<String>,
     color: plotters::style::RGBColor,
-    f: fn(&EvalRow) -> f64,
+    f: Metric,
 ) -> Result<Series> {
     let rs = runs.at_depth(depth);
     let x = step_axis(rs[0]);
@@ -476,11 +479,14 @@ fn depth_label(runs: &TaskRuns, d: usize) -> String {
     }
 }
 
+/// One number of an evaluation row.
+type Metric = fn(&EvalRow) -> f64;
+
 /// Weight norm, attention sparsity and tscore over steps: three panels.
 pub fn internals_charts(runs: &TaskRuns) -> Result<Vec<Chart>> {
     let depths = featured_depths(runs);
     let t = runs.exp.task;
-    let panels: [(&str, &str, fn(&EvalRow) -> f64); 3] = [
+    let panels: [(&str, &str, Metric); 3] = [
         ("weight norm", "||theta|| / layers", |e| e.weight_norm),
         ("attention sparsity", "minus mean attention entropy", |e| {
             e.sparsity
