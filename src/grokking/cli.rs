@@ -25,20 +25,6 @@ pub struct GrokkingArgs {
 pub enum GrokkingCmd {
     /// Print examples of a task's split (deterministic in --seed).
     Sample(SampleArgs),
-    /// Write the figure CSVs (accuracy, grok fraction, internals, tparseval) of trained runs.
-    FigureData {
-        /// Experiment file (for the task and the grokking threshold).
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long, value_enum, default_value = "cpu")]
-        preset: PresetArg,
-        /// Root of the run directories, as given to `train --out`.
-        #[arg(long, default_value = "runs/grokking")]
-        runs: PathBuf,
-        /// Where the CSVs go (default: figures/grokking/<task>/).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
     /// Train the depth sweep (or one depth / seed) of an experiment, writing a metrics CSV per run.
     Train(TrainArgs),
     /// Parse and validate experiment configs (default: every file in experiments/grokking/).
@@ -113,25 +99,6 @@ pub fn run(a: GrokkingArgs) -> Result<()> {
         GrokkingCmd::Sample(s) => sample(&s),
         GrokkingCmd::CheckConfigs { files } => check_configs(files),
         GrokkingCmd::Train(t) => train(&t),
-        GrokkingCmd::FigureData {
-            config,
-            preset,
-            runs,
-            out,
-        } => {
-            let e = GrokkingExperiment::load(&config)?;
-            let (name, p) = match preset {
-                PresetArg::Cpu => ("cpu", &e.cpu),
-                PresetArg::Paper => ("paper", &e.paper),
-            };
-            let task = format!("{:?}", e.task).to_lowercase();
-            let dir = runs.join(&task).join(name);
-            let out = out.unwrap_or_else(|| PathBuf::from("figures/grokking").join(&task));
-            for f in super::figures::write_figure_data(&dir, &out, p.eval.grok_threshold)? {
-                println!("{}", f.display());
-            }
-            Ok(())
-        }
     }
 }
 

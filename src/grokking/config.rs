@@ -31,6 +31,9 @@ pub struct GrokkingExperiment {
     pub cpu: Preset,
     /// The paper's settings.
     pub paper: Preset,
+    /// Seconds on a CPU, for the tests of `attnlab figures` (optional: older files lack it).
+    #[serde(default)]
+    pub tiny: Option<Preset>,
 }
 
 /// A full set of settings.
@@ -190,10 +193,29 @@ impl GrokkingExperiment {
         Ok(e)
     }
 
-    /// Range checks of both presets.
+    /// Range checks of every preset present.
     pub fn validate(&self) -> Result<()> {
         self.cpu.validate(self.task).context("in [cpu]")?;
-        self.paper.validate(self.task).context("in [paper]")
+        self.paper.validate(self.task).context("in [paper]")?;
+        if let Some(t) = &self.tiny {
+            t.validate(self.task).context("in [tiny]")?;
+        }
+        Ok(())
+    }
+
+    /// The preset called `name` (`cpu`, `paper` or `tiny`); an error naming it when the file
+    /// lacks it.
+    pub fn preset(&self, name: &str) -> Result<&Preset> {
+        match name {
+            "cpu" => Ok(&self.cpu),
+            "paper" => Ok(&self.paper),
+            "tiny" => self.tiny.as_ref().with_context(|| {
+                "the experiment file has no [tiny] preset: add a [tiny] table (as in \
+                 experiments/grokking/dyck.toml) or choose --preset cpu|paper"
+                    .to_string()
+            }),
+            _ => anyhow::bail!("unknown preset `{name}`: choose cpu, paper or tiny"),
+        }
     }
 }
 

@@ -1,18 +1,593 @@
-//! Figure data of the structural-grokking replication (issue 7): one CSV (header + rows) per
-//! figure, built from the per-run `metrics.csv` files that `attnlab grokking train` writes. The
-//! plotting itself is left to `attnlab figures` (registry in `src/figures.rs`).
+//! The structural-grokking figures of `attnlab figures` (issue 7), four per task (Dyck, question
+//! formation, tense inflection; no tparseval for Dyck, which has no gold trees):
 //!
-//! - `accuracy.csv`: in-domain and generalisation accuracy over steps for every run, with the
-//!   early-stopping step (best in-domain accuracy) of the run (plot with a log x axis).
-//! - `grok_fraction.csv`: per depth, the number of seeds, of grokking seeds (final
-//!   generalisation accuracy >= threshold) and their fraction.
-//! - `internals.csv`: weight norm, attention sparsity and tscore over steps for every run (the
-//!   figure keeps the shallowest, the best and the deepest depth).
-//! - `tparseval.csv`: tparseval over steps with the right-branching baseline.
+//! - `<task>_accuracy`: in-domain and generalisation accuracy over steps (log x), mean and
+//!   min..max band over seeds, one panel per depth, with each seed's early-stopping point;
+//! - `<task>_grok_fraction`: fraction of seeds that grok (final generalisation accuracy >=
+//!   `eval.grok_threshold`) vs depth, and generalisation at the early stop vs at the end;
+//! - `<task>_internals`: weight norm, attention sparsity and tscore over steps for the
+//!   shallowest, the best and the deepest depth;
+//! - `<task>_tparseval`: tparseval over steps with the right-branching baseline (QF / TI).
+//!
+//! Every figure of a task reads the same runs: `compute` first trains every (depth, seed) of the
+//! preset that has no complete `summary.json` under `<--runs>/grokking/` (resuming from its
+//! checkpoint; finished runs are only read), then plots their `metrics.csv`.
 
-use super::train::EvalRow;
+use super::config::{GrokkingExperiment, Preset, Task};
+use super::train::{self, EvalRow};
+use crate::figures::{Figure, FigureContext, FigureOutput};
+use crate::plot::{Chart, Corner, Mark, Series, COLORS};
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
 use std::path::{Path, PathBuf};
+
+/// The grokking figures of `attnlab figures` (see [`crate::figures::registry`]).
+pub fn registered() -> Vec<Figure> {
+    let check: fn(&Path) -> Result<()> = |p| GrokkingExperiment::load(p).map(|_| ());
+    let mut v = Vec::new();
+    for (t, config) in [
+        ("dyck", "grokking/dyck.toml"),
+        ("qf", "grokking/question_formation.toml"),
+        ("ti", "grokking/tense_inflection.toml"),
+    ] {
+        let (acc, frac, int, tp): (&str, &str, &str, Option<&str>) = match t {
+            "dyck" => (
+                "grokking/dyck_accuracy",
+                "grokking/dyck_grok_fraction",
+                "grokking/dyck_internals",
+                None,
+            ),
+            "qf" => (
+                "grokking/qf_accuracy",
+                "grokking/qf_grok_fraction",
+                "grokking/qf_internals",
+                Some("grokking/qf_tparseval"),
+            ),
+            _ => (
+                "grokking/ti_accuracy",
+                "grokking/ti_grok_fraction",
+                "grokking/ti_internals",
+                Some("grokking/ti_tparseval"),
+            ),
+        };
+        v.push(Figure {
+            name: acc,
+            what: "in-domain and generalisation accuracy vs step (log x), mean and band over seeds, one panel per depth, with each seed's early-stopping point.",
+            compute: accuracy_figure,
+            config: Some(config),
+            check,
+        });
+        v.push(Figure {
+            name: frac,
+            what: "fraction of seeds that grok (final generalisation >= threshold) vs depth, and generalisation at the early stop vs at the end.",
+            compute: grok_fraction_figure,
+            config: Some(config),
+            check,
+        });
+        v.push(Figure {
+            name: int,
+            what: "weight norm, attention sparsity and tscore vs step for the shallowest, best and deepest depth.",
+            compute: internals_figure,
+            config: Some(config),
+            check,
+        });
+        if let Some(tp) = tp {
+            v.push(Figure {
+                name: tp,
+                what: "tparseval of the projected trees against the gold trees vs step, beside the right-branching baseline.",
+                compute: tparseval_figure,
+                config: Some(config),
+                check,
+            });
+        }
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+/// The part of a run's `summary.json` that says whether it finished.
+#[derive(Deserialize)]
+struct SummaryHead {
+    depth: usize,
+    seed: u64,
+    completed: bool,
+    curve: Vec<StepOnly>,
+}
+
+#[derive(Deserialize)]
+struct StepOnly {
+    step: usize,
+}
+
+/// True when `dir/summary.json` records this (depth, seed) trained to `steps`: the run is done
+/// and is only read (its checkpoint may have been deleted).
+pub fn run_is_complete(dir: &Path, depth: usize, seed: u64, steps: usize) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("summary.json")) else {
+        return false;
+    };
+    serde_json::from_str::<SummaryHead>(&text).is_ok_and(|s| {
+        s.completed
+            && s.depth == depth
+            && s.seed == seed
+            && s.curve.last().is_some_and(|r| r.step == steps)
+            && dir.join("metrics.csv").exists()
+    })
+}
+
+/// The runs of one figure config and preset, trained on demand.
+pub struct TaskRuns {
+    pub exp: GrokkingExperiment,
+    pub preset: Preset,
+    /// Every (depth, seed) of the preset, sorted by depth then seed.
+    pub runs: Vec<RunCurve>,
+}
+
+impl TaskRuns {
+    pub fn depths(&self) -> Vec<usize> {
+        let mut d: Vec<usize> = self.runs.iter().map(|r| r.depth).collect();
+        d.dedup();
+        d
+    }
+
+    pub fn at_depth(&self, depth: usize) -> Vec<&RunCurve> {
+        self.runs.iter().filter(|r| r.depth == depth).collect()
+    }
+
+    /// Fraction of the seeds at `depth` whose final generalisation accuracy reaches the threshold.
+    pub fn grok_fraction(&self, depth: usize) -> f64 {
+        let rs = self.at_depth(depth);
+        let thr = self.preset.eval.grok_threshold;
+        let n = rs
+            .iter()
+            .filter(|r| r.rows.last().is_some_and(|e| e.gen_acc >= thr))
+            .count();
+        n as f64 / rs.len().max(1) as f64
+    }
+
+    /// Mean final generalisation accuracy over the seeds at `depth`.
+    pub fn mean_final_gen(&self, depth: usize) -> f64 {
+        mean(
+            self.at_depth(depth)
+                .iter()
+                .filter_map(|r| r.rows.last().map(|e| e.gen_acc)),
+        )
+    }
+
+    /// The depth with the highest grok fraction, ties broken by the mean final generalisation
+    /// accuracy, then by the smaller depth.
+    pub fn best_depth(&self) -> usize {
+        let mut best: Option<(usize, f64, f64)> = None;
+        for d in self.depths() {
+            let (f, g) = (self.grok_fraction(d), self.mean_final_gen(d));
+            if best.is_none_or(|(_, bf, bg)| f > bf || (f == bf && g > bg)) {
+                best = Some((d, f, g));
+            }
+        }
+        best.map_or(0, |b| b.0)
+    }
+
+    /// Per depth: seeds, final in-domain / generalisation, generalisation at the early stop,
+    /// grok fraction; and the best depth.
+    pub fn summary(&self) -> serde_json::Value {
+        let per_depth: Vec<serde_json::Value> = self
+            .depths()
+            .into_iter()
+            .map(|d| {
+                let rs = self.at_depth(d);
+                let fin = |f: fn(&EvalRow) -> f64| {
+                    mean(rs.iter().filter_map(|r| r.rows.last().map(f)))
+                };
+                json!({
+                    "depth": d,
+                    "seeds": rs.len(),
+                    "final_in_domain": fin(|e| e.in_domain_acc),
+                    "final_gen": fin(|e| e.gen_acc),
+                    "gen_at_early_stop": mean(rs.iter().filter_map(|r| r.early_stop().map(|e| e.gen_acc))),
+                    "early_stop_steps": rs.iter().filter_map(|r| r.early_stop().map(|e| e.step)).collect::<Vec<_>>(),
+                    "grokked_fraction": self.grok_fraction(d),
+                })
+            })
+            .collect();
+        json!({
+            "task": format!("{:?}", self.exp.task).to_lowercase(),
+            "grok_threshold": self.preset.eval.grok_threshold,
+            "steps": self.preset.train.steps,
+            "per_depth": per_depth,
+            "best_depth": self.best_depth(),
+        })
+    }
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        s / n as f64
+    }
+}
+
+/// Loads the experiment file of `ctx`, trains every (depth, seed) of its preset that is not
+/// complete (runs in parallel when rayon has more than one thread), and reads their curves.
+pub fn ensure_runs(ctx: &FigureContext) -> Result<TaskRuns> {
+    let exp = GrokkingExperiment::load(ctx.config)?;
+    let name = ctx.preset.name();
+    let preset = exp
+        .preset(name)
+        .with_context(|| format!("in `{}`", ctx.config.display()))?
+        .clone();
+    let root = ctx.runs.join("grokking");
+    let task = exp.task;
+    let all: Vec<(usize, u64, PathBuf)> = preset
+        .depths
+        .iter()
+        .flat_map(|&d| (0..preset.seeds as u64).map(move |s| (d, s)))
+        .map(|(d, s)| (d, s, train::run_dir(&root, task, name, d, s)))
+        .collect();
+    let steps = preset.train.steps;
+    let pending: Vec<&(usize, u64, PathBuf)> = all
+        .iter()
+        .filter(|(d, s, dir)| !run_is_complete(dir, *d, *s, steps))
+        .collect();
+    if !pending.is_empty() {
+        train_pending(ctx, task, &preset, &pending)?;
+    }
+    let runs = all
+        .iter()
+        .map(|(d, s, dir)| {
+            Ok(RunCurve {
+                depth: *d,
+                seed: *s,
+                rows: parse_metrics(&dir.join("metrics.csv"))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TaskRuns { exp, preset, runs })
+}
+
+fn train_pending(
+    ctx: &FigureContext,
+    task: Task,
+    preset: &Preset,
+    pending: &[&(usize, u64, PathBuf)],
+) -> Result<()> {
+    let data = train::RunData::new(task, preset)?;
+    let what = format!("{task:?} runs ({} preset)", ctx.preset.name()).to_lowercase();
+    let bar = crate::progress::bar(pending.len() as u64, &what, ctx.quiet);
+    bar.tick();
+    let one = |&&(depth, seed, ref dir): &&(usize, u64, PathBuf)| -> Result<()> {
+        if crate::interrupt::requested() {
+            return Ok(());
+        }
+        let r = train::train_run(
+            task,
+            preset,
+            &data,
+            depth,
+            seed,
+            &train::RunOpts {
+                out_dir: dir.clone(),
+                stop: &crate::interrupt::requested,
+                steps: None,
+            },
+        )
+        .with_context(|| format!("training depth {depth} seed {seed} in `{}`", dir.display()))?;
+        if r.completed {
+            bar.inc(1);
+        }
+        Ok(())
+    };
+    // Runs in parallel on rayon's threads (candle's matmuls then mostly stay on their own
+    // thread): bit-identical results, and not slower than one run after another with two
+    // threads each when measured on the busy 2-core machine; RAYON_NUM_THREADS=1 is sequential.
+    if rayon::current_num_threads() > 1 && pending.len() > 1 {
+        pending.par_iter().try_for_each(one)?;
+    } else {
+        pending.iter().try_for_each(one)?;
+    }
+    bar.finish_and_clear();
+    if crate::interrupt::requested() {
+        bail!(
+            "interrupted: the runs' state is saved under `{}`; rerun the same command to resume",
+            ctx.runs.join("grokking").display()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Charts
+
+/// Evaluation steps shifted by one so that step 0 fits on a log axis.
+fn step_axis(r: &RunCurve) -> Vec<f64> {
+    r.rows.iter().map(|e| e.step as f64 + 1.0).collect()
+}
+
+const STEP_LABEL: &str = "training step + 1 (log)";
+
+/// Mean and min..max band over the seeds at `depth` of `f` at every evaluation.
+fn over_seeds(
+    runs: &TaskRuns,
+    depth: usize,
+    label: impl Into<String>,
+    color: plotters::style::RGBColor,
+    f: Metric,
+) -> Result<Series> {
+    let rs = runs.at_depth(depth);
+    let x = step_axis(rs[0]);
+    if let Some(r) = rs.iter().find(|r| step_axis(r) != x) {
+        bail!(
+            "depth {depth}: seed {} was evaluated at other steps than seed {}: delete its run directory and rerun",
+            r.seed,
+            rs[0].seed
+        );
+    }
+    let ys: Vec<Vec<f64>> = rs.iter().map(|r| r.rows.iter().map(f).collect()).collect();
+    Ok(Series::over_runs(label, Mark::Line, color, x, &ys))
+}
+
+fn task_title(t: Task) -> &'static str {
+    match t {
+        Task::Dyck => "Dyck",
+        Task::Qf => "question formation",
+        Task::Ti => "tense inflection",
+    }
+}
+
+fn metric_name(t: Task) -> &'static str {
+    match t {
+        Task::Dyck => "closing-bracket accuracy",
+        Task::Qf => "first-word accuracy",
+        Task::Ti => "main-verb accuracy",
+    }
+}
+
+/// One panel per depth: in-domain and generalisation accuracy over steps, and the early-stopping
+/// point of every seed (the step of its highest in-domain accuracy, first on ties).
+pub fn accuracy_charts(runs: &TaskRuns) -> Result<Vec<Chart>> {
+    let best = runs.best_depth();
+    let t = runs.exp.task;
+    runs.depths()
+        .into_iter()
+        .map(|d| {
+            let rs = runs.at_depth(d);
+            let es: Vec<&EvalRow> = rs.iter().filter_map(|r| r.early_stop()).collect();
+            let stop = Series::new(
+                "early stop (each seed): generalisation there",
+                Mark::Points,
+                COLORS[6],
+                es.iter().map(|e| e.step as f64 + 1.0).collect(),
+                es.iter().map(|e| e.gen_acc).collect(),
+            );
+            Ok(Chart {
+                title: format!(
+                    "{}: depth {d}{}",
+                    task_title(t),
+                    if d == best { " (best)" } else { "" }
+                ),
+                x_label: STEP_LABEL.into(),
+                y_label: metric_name(t).into(),
+                x_log: true,
+                series: vec![
+                    over_seeds(runs, d, "in-domain", COLORS[0], |e| e.in_domain_acc)?,
+                    over_seeds(runs, d, "generalisation", COLORS[1], |e| e.gen_acc)?,
+                    stop,
+                ],
+                legend: Corner::UpperLeft,
+                ..Chart::default()
+            })
+        })
+        .collect()
+}
+
+/// Grok fraction vs depth; generalisation at the early stop and at the end vs depth.
+pub fn grok_fraction_charts(runs: &TaskRuns) -> Vec<Chart> {
+    let depths = runs.depths();
+    let x: Vec<f64> = depths.iter().map(|&d| d as f64).collect();
+    let thr = runs.preset.eval.grok_threshold;
+    let frac = Series::new(
+        format!("fraction of seeds with final generalisation >= {thr}"),
+        Mark::LinePoints,
+        COLORS[0],
+        x.clone(),
+        depths.iter().map(|&d| runs.grok_fraction(d)).collect(),
+    );
+    // Seeds as the columns of `over_runs`: runs[seed][depth index].
+    let per_seed = |f: &dyn Fn(&RunCurve) -> f64| -> Vec<Vec<f64>> {
+        let n = runs.preset.seeds;
+        (0..n)
+            .map(|s| {
+                depths
+                    .iter()
+                    .map(|&d| {
+                        runs.at_depth(d)
+                            .iter()
+                            .find(|r| r.seed == s as u64)
+                            .map_or(f64::NAN, |r| f(r))
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let fin = per_seed(&|r| r.rows.last().map_or(f64::NAN, |e| e.gen_acc));
+    let at_es = per_seed(&|r| r.early_stop().map_or(f64::NAN, |e| e.gen_acc));
+    let t = runs.exp.task;
+    vec![
+        Chart {
+            title: format!("{}: seeds that grok", task_title(t)),
+            x_label: "depth (layers)".into(),
+            y_label: "fraction of seeds".into(),
+            // The all-seeds line keeps the axis at 0..1 when no seed groks.
+            series: vec![
+                frac,
+                Series::hline("all seeds", COLORS[6], 1.0, x[0], x[x.len() - 1]),
+            ],
+            legend: Corner::LowerRight,
+            ..Chart::default()
+        },
+        Chart {
+            title: format!("{}: generalisation, early stop vs end", task_title(t)),
+            x_label: "depth (layers)".into(),
+            y_label: format!("generalisation {}", metric_name(t)),
+            series: vec![
+                Series::over_runs(
+                    "at the end of training",
+                    Mark::LinePoints,
+                    COLORS[1],
+                    x.clone(),
+                    &fin,
+                ),
+                Series::over_runs(
+                    "at the early-stopping point",
+                    Mark::LinePoints,
+                    COLORS[0],
+                    x.clone(),
+                    &at_es,
+                ),
+                Series::hline(
+                    format!("grok threshold {thr}"),
+                    COLORS[6],
+                    thr,
+                    x[0],
+                    x[x.len() - 1],
+                ),
+            ],
+            legend: Corner::LowerRight,
+            ..Chart::default()
+        },
+    ]
+}
+
+/// Shallowest, best and deepest depth (without repeats).
+pub fn featured_depths(runs: &TaskRuns) -> Vec<usize> {
+    let d = runs.depths();
+    let mut v = vec![d[0], runs.best_depth(), d[d.len() - 1]];
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn depth_label(runs: &TaskRuns, d: usize) -> String {
+    if d == runs.best_depth() {
+        format!("depth {d} (best)")
+    } else {
+        format!("depth {d}")
+    }
+}
+
+/// One number of an evaluation row.
+type Metric = fn(&EvalRow) -> f64;
+
+/// Weight norm, attention sparsity and tscore over steps: three panels.
+pub fn internals_charts(runs: &TaskRuns) -> Result<Vec<Chart>> {
+    let depths = featured_depths(runs);
+    let t = runs.exp.task;
+    let panels: [(&str, &str, Metric); 3] = [
+        ("weight norm", "||theta|| / layers", |e| e.weight_norm),
+        ("attention sparsity", "minus mean attention entropy", |e| {
+            e.sparsity
+        }),
+        ("tscore", "tscore (projected tree vs random)", |e| e.tscore),
+    ];
+    panels
+        .into_iter()
+        .map(|(title, y, f)| {
+            let series = depths
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| over_seeds(runs, d, depth_label(runs, d), COLORS[i], f))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Chart {
+                title: format!("{}: {title}", task_title(t)),
+                x_label: STEP_LABEL.into(),
+                y_label: y.into(),
+                x_log: true,
+                series,
+                legend: Corner::UpperLeft,
+                ..Chart::default()
+            })
+        })
+        .collect()
+}
+
+/// tparseval over steps for every depth, with the right-branching baseline (constant: it does
+/// not depend on the model).
+pub fn tparseval_charts(runs: &TaskRuns) -> Result<Vec<Chart>> {
+    let t = runs.exp.task;
+    let mut series = runs
+        .depths()
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            over_seeds(runs, d, depth_label(runs, d), COLORS[i % 6], |e| {
+                e.tparseval
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let r0 = &runs.runs[0];
+    let x = step_axis(r0);
+    series.push(Series::new(
+        "right-branching trees",
+        Mark::Dashed,
+        COLORS[6],
+        x,
+        r0.rows
+            .iter()
+            .map(|e| e.tparseval_right_branching)
+            .collect(),
+    ));
+    Ok(vec![Chart {
+        title: format!("{}: tparseval against gold trees", task_title(t)),
+        x_label: STEP_LABEL.into(),
+        y_label: "tparseval (bracket F1)".into(),
+        x_log: true,
+        series,
+        legend: Corner::LowerRight,
+        ..Chart::default()
+    }])
+}
+
+fn accuracy_figure(ctx: &FigureContext) -> Result<FigureOutput> {
+    let runs = ensure_runs(ctx)?;
+    Ok(FigureOutput {
+        charts: accuracy_charts(&runs)?,
+        summary: runs.summary(),
+    })
+}
+
+fn grok_fraction_figure(ctx: &FigureContext) -> Result<FigureOutput> {
+    let runs = ensure_runs(ctx)?;
+    Ok(FigureOutput {
+        charts: grok_fraction_charts(&runs),
+        summary: runs.summary(),
+    })
+}
+
+fn internals_figure(ctx: &FigureContext) -> Result<FigureOutput> {
+    let runs = ensure_runs(ctx)?;
+    Ok(FigureOutput {
+        charts: internals_charts(&runs)?,
+        summary: runs.summary(),
+    })
+}
+
+fn tparseval_figure(ctx: &FigureContext) -> Result<FigureOutput> {
+    let runs = ensure_runs(ctx)?;
+    if runs.exp.task == Task::Dyck {
+        bail!("tparseval needs gold trees: Dyck has none (use question formation or tense inflection)");
+    }
+    Ok(FigureOutput {
+        charts: tparseval_charts(&runs)?,
+        summary: runs.summary(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading runs back
 
 /// One run's curve read back from its directory `depth<L>_seed<S>/metrics.csv`.
 #[derive(Clone, Debug)]
@@ -35,7 +610,7 @@ impl RunCurve {
     }
 }
 
-fn parse_metrics(path: &Path) -> Result<Vec<EvalRow>> {
+pub fn parse_metrics(path: &Path) -> Result<Vec<EvalRow>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
     let mut lines = text.lines();
@@ -69,179 +644,4 @@ fn parse_metrics(path: &Path) -> Result<Vec<EvalRow>> {
             })
         })
         .collect()
-}
-
-/// Every run directory `depth<L>_seed<S>` under `dir` with a `metrics.csv`, sorted by depth, seed.
-pub fn load_runs(dir: &Path) -> Result<Vec<RunCurve>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("listing `{}`", dir.display()))? {
-        let p: PathBuf = e?.path();
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let Some(rest) = name.strip_prefix("depth") else {
-            continue;
-        };
-        let Some((d, s)) = rest.split_once("_seed") else {
-            continue;
-        };
-        let (Ok(depth), Ok(seed)) = (d.parse(), s.parse()) else {
-            continue;
-        };
-        let m = p.join("metrics.csv");
-        if m.exists() {
-            out.push(RunCurve {
-                depth,
-                seed,
-                rows: parse_metrics(&m)?,
-            });
-        }
-    }
-    out.sort_by_key(|r| (r.depth, r.seed));
-    Ok(out)
-}
-
-/// A figure's CSV: header and rows.
-pub type FigureData = (Vec<&'static str>, Vec<Vec<f64>>);
-
-/// Accuracy over steps with each run's early-stopping step.
-pub fn accuracy_data(runs: &[RunCurve]) -> FigureData {
-    let mut rows = Vec::new();
-    for r in runs {
-        let es = r.early_stop().map_or(f64::NAN, |e| e.step as f64);
-        for e in &r.rows {
-            rows.push(vec![
-                r.depth as f64,
-                r.seed as f64,
-                e.step as f64,
-                e.in_domain_acc,
-                e.gen_acc,
-                es,
-            ]);
-        }
-    }
-    (
-        vec![
-            "depth",
-            "seed",
-            "step",
-            "in_domain_acc",
-            "gen_acc",
-            "early_stop_step",
-        ],
-        rows,
-    )
-}
-
-/// Fraction of seeds whose last generalisation accuracy reaches `threshold`, per depth; also the
-/// mean generalisation accuracy at the early-stopping point and at the end.
-pub fn grok_fraction_data(runs: &[RunCurve], threshold: f64) -> FigureData {
-    let mut depths: Vec<usize> = runs.iter().map(|r| r.depth).collect();
-    depths.dedup();
-    let rows = depths
-        .into_iter()
-        .map(|d| {
-            let rs: Vec<&RunCurve> = runs.iter().filter(|r| r.depth == d).collect();
-            let fin: Vec<f64> = rs
-                .iter()
-                .filter_map(|r| r.rows.last().map(|e| e.gen_acc))
-                .collect();
-            let es: Vec<f64> = rs
-                .iter()
-                .filter_map(|r| r.early_stop().map(|e| e.gen_acc))
-                .collect();
-            let grok = fin.iter().filter(|&&g| g >= threshold).count();
-            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-            vec![
-                d as f64,
-                rs.len() as f64,
-                grok as f64,
-                grok as f64 / rs.len().max(1) as f64,
-                mean(&es),
-                mean(&fin),
-            ]
-        })
-        .collect();
-    (
-        vec![
-            "depth",
-            "seeds",
-            "grokked",
-            "fraction",
-            "mean_gen_at_early_stop",
-            "mean_final_gen",
-        ],
-        rows,
-    )
-}
-
-/// Weight norm, sparsity and tscore over steps.
-pub fn internals_data(runs: &[RunCurve]) -> FigureData {
-    let mut rows = Vec::new();
-    for r in runs {
-        for e in &r.rows {
-            rows.push(vec![
-                r.depth as f64,
-                r.seed as f64,
-                e.step as f64,
-                e.weight_norm,
-                e.sparsity,
-                e.tscore,
-            ]);
-        }
-    }
-    (
-        vec!["depth", "seed", "step", "weight_norm", "sparsity", "tscore"],
-        rows,
-    )
-}
-
-/// tparseval over steps with the right-branching baseline.
-pub fn tparseval_data(runs: &[RunCurve]) -> FigureData {
-    let mut rows = Vec::new();
-    for r in runs {
-        for e in &r.rows {
-            rows.push(vec![
-                r.depth as f64,
-                r.seed as f64,
-                e.step as f64,
-                e.tparseval,
-                e.tparseval_right_branching,
-            ]);
-        }
-    }
-    (
-        vec!["depth", "seed", "step", "tparseval", "right_branching"],
-        rows,
-    )
-}
-
-/// Writes the four figure CSVs for the runs under `runs_dir` into `out_dir`.
-pub fn write_figure_data(runs_dir: &Path, out_dir: &Path, threshold: f64) -> Result<Vec<PathBuf>> {
-    let runs = load_runs(runs_dir)?;
-    if runs.is_empty() {
-        bail!(
-            "no `depth<L>_seed<S>/metrics.csv` under `{}`: train first",
-            runs_dir.display()
-        );
-    }
-    let mut written = Vec::new();
-    for (name, (h, rows)) in [
-        ("accuracy.csv", accuracy_data(&runs)),
-        ("grok_fraction.csv", grok_fraction_data(&runs, threshold)),
-        ("internals.csv", internals_data(&runs)),
-        ("tparseval.csv", tparseval_data(&runs)),
-    ] {
-        let p = out_dir.join(name);
-        crate::io::write_csv(&p, &h, &rows)?;
-        written.push(p);
-    }
-    Ok(written)
-}
-
-/// The grokking figures of `attnlab figures` (see [`crate::figures::registry`]).
-pub fn registered() -> Vec<crate::figures::Figure> {
-    Vec::new()
 }
