@@ -414,3 +414,55 @@ fn bad_configs_name_the_field() {
     let e = m.forward(&tokens(1, 9, 0)).unwrap_err().to_string();
     assert!(e.contains("max_len"), "{e}");
 }
+
+/// `emb_scale` multiplies the token embedding before positions are added, so a model with scale
+/// s equals an unscaled model whose embedding matrix is s times larger (untied output);
+/// `emb_init_std` sets the embedding's initial spread only.
+#[test]
+fn embedding_scale_equals_a_scaled_embedding_matrix() {
+    let scaled = TransformerConfig {
+        emb_scale: 3.0,
+        emb_init_std: Some(1.0),
+        positions: Positions::Sinusoidal,
+        ..cfg()
+    };
+    let plain = TransformerConfig {
+        positions: Positions::Sinusoidal,
+        ..cfg()
+    };
+    let (a, vma) = Transformer::build(&scaled, 5, DType::F64, &Device::Cpu).unwrap();
+    let (b, vmb) = Transformer::build(&plain, 6, DType::F64, &Device::Cpu).unwrap();
+    let std_of = |t: &Tensor| {
+        let v: Vec<f64> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    };
+    {
+        let da = vma.data().lock().unwrap();
+        // 112 draws of N(0, 1): the sample std is within 0.25 of 1 far beyond 3 standard errors.
+        let s = std_of(da["tok_emb"].as_tensor());
+        assert!((s - 1.0).abs() < 0.25, "token embedding std {s}");
+        let s = std_of(da["block0.attn.qkv.w"].as_tensor());
+        assert!((s - 0.02).abs() < 0.005, "weight std {s}");
+        let db = vmb.data().lock().unwrap();
+        for (name, var) in da.iter() {
+            let mut v = var.as_tensor().clone();
+            if name == "tok_emb" {
+                v = (v * 3.0).unwrap();
+            }
+            db[name].set(&v).unwrap();
+        }
+    }
+    let x = tokens(2, 8, 1);
+    let (la, lb) = (a.forward(&x).unwrap(), b.forward(&x).unwrap());
+    let diff = max_abs(&(la - &lb).unwrap());
+    assert!(diff < 1e-9 * (1.0 + max_abs(&lb)), "max difference {diff}");
+    let bad = TransformerConfig {
+        emb_scale: 0.0,
+        ..cfg()
+    };
+    let e = Transformer::build(&bad, 0, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("emb_scale"), "{e:#}");
+}
