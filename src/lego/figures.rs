@@ -161,7 +161,8 @@ fn per_position_chart(
         title: title.into(),
         x_label: format!("chain position (1-{train_vars} supervised)"),
         y_label: "test accuracy".into(),
-        legend: Corner::LowerLeft,
+        // deep positions sit at chance: the upper right is empty
+        legend: Corner::UpperRight,
         ..Default::default()
     };
     for (i, l) in labels(runs).iter().enumerate() {
@@ -484,7 +485,7 @@ fn shortcuts(ctx: &FigureContext) -> Result<FigureOutput> {
         title: "accuracy per test variant (mean over positions)".into(),
         x_label: names.join(", "),
         y_label: "test accuracy".into(),
-        legend: Corner::LowerLeft,
+        legend: Corner::UpperLeft,
         ..Default::default()
     };
     let mut summary = serde_json::Map::new();
