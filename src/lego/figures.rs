@@ -577,8 +577,14 @@ fn attention_flops(ctx: &FigureContext) -> Result<FigureOutput> {
             .iter()
             .map(|x| mean(&x.per_position[tv.min(x.per_position.len())..]))
             .collect();
+        let saving = 100.0 * (1.0 - f / base);
+        let name = if saving.abs() < 0.05 {
+            format!("{l} (all heads learned)")
+        } else {
+            format!("{l} (-{saving:.1}% FLOPs)")
+        };
         let mut s = Series::new(
-            format!("{l} (-{:.1}% FLOPs)", 100.0 * (1.0 - f / base)),
+            name,
             Mark::Points,
             color(i),
             vec![f / 1e6],
@@ -601,6 +607,17 @@ fn attention_flops(ctx: &FigureContext) -> Result<FigureOutput> {
             }),
         );
     }
+    // chance as the floor, so the spread between configurations reads at its true scale
+    let fx: Vec<f64> = r
+        .results
+        .iter()
+        .map(|x| x.forward_flops as f64 / 1e6)
+        .collect();
+    let (f0, f1) = (
+        fx.iter().copied().fold(f64::INFINITY, f64::min),
+        fx.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+    acc.series.push(Series::hline("chance", GREY, 0.5, f0, f1));
     let pp = per_position_chart("per chain position", &r.results, tv, &|l| l.to_string());
     Ok(FigureOutput {
         charts: vec![acc, pp],
