@@ -148,7 +148,8 @@ pub fn run_lego(a: LegoArgs) -> Result<()> {
 
 fn lego_train(a: LegoTrainArgs) -> Result<()> {
     let exp = config::load(&a.config)?;
-    exp.preset(&a.preset)?;
+    exp.preset(&a.preset)
+        .map_err(|e| anyhow::anyhow!("invalid value for `--preset`: {e}"))?;
     crate::interrupt::install();
     let seeds = a.seed.map(|s| vec![s]);
     let stop = crate::interrupt::requested;
