@@ -382,12 +382,10 @@ fn every_experiment_config_parses() {
     let mut kinds = Vec::new();
     for f in &files {
         let exp = config::load(f).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
-        // timed CPU presets are final; the convolution study (not yet trained) stays provisional
-        let untimed = exp.experiment.kind == config::ExperimentKind::Convolution;
-        assert_eq!(
-            exp.cpu.provisional,
-            untimed,
-            "{}: only untimed CPU presets are provisional",
+        // every CPU preset is timed (final); tiny presets are smoke tests, never results
+        assert!(
+            !exp.cpu.provisional && exp.tiny.provisional,
+            "{}: CPU presets are timed, tiny ones provisional",
             f.display()
         );
         kinds.push(format!("{:?}", exp.experiment.kind));

@@ -41,7 +41,8 @@ enum LegoCmd {
         #[arg(long, default_value = "paper")]
         preset: String,
     },
-    /// Train the models of one experiment file, write results and figure tables.
+    /// Train the models of one experiment file and print their results (figures: `attnlab
+    /// figures --only lego/...`).
     Train(LegoTrainArgs),
     /// Parse and check experiment configs (files, or every .toml under a directory).
     CheckConfig {
@@ -56,19 +57,18 @@ struct LegoTrainArgs {
     /// Experiment file under experiments/lego/.
     #[arg(long)]
     config: PathBuf,
-    /// `cpu` or `paper`.
+    /// `cpu`, `paper` or `tiny`.
     #[arg(long, default_value = "cpu")]
     preset: String,
     /// Run only this seed (default: the preset's seeds).
     #[arg(long)]
     seed: Option<u64>,
-    /// Train only the runs with these labels (comma-separated); the figure tables then cover
-    /// only them (run again without `--runs` to reuse everything and write the full tables).
+    /// Train only the runs with these labels (comma-separated).
     #[arg(long, value_delimiter = ',')]
     runs: Option<Vec<String>>,
-    /// Where figure tables go.
-    #[arg(long, default_value = "figures/lego")]
-    figures: PathBuf,
+    /// Root of the run directories (`<root>/<experiment.out_dir>/<preset>/<run>/`).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
     /// Print the per-run results as one JSON array on stdout.
     #[arg(long)]
     json: bool,
@@ -148,7 +148,8 @@ pub fn run_lego(a: LegoArgs) -> Result<()> {
 
 fn lego_train(a: LegoTrainArgs) -> Result<()> {
     let exp = config::load(&a.config)?;
-    exp.preset(&a.preset)?;
+    exp.preset(&a.preset)
+        .map_err(|e| anyhow::anyhow!("invalid value for `--preset`: {e}"))?;
     crate::interrupt::install();
     let seeds = a.seed.map(|s| vec![s]);
     let stop = crate::interrupt::requested;
@@ -158,17 +159,15 @@ fn lego_train(a: LegoTrainArgs) -> Result<()> {
         &a.preset,
         seeds.as_deref(),
         a.runs.as_deref(),
-        std::path::Path::new("."),
+        &a.root.join(&exp.experiment.out_dir),
         &stop,
         &mut |m| eprintln!("{m}"),
+        true,
     )?;
     let Some(res) = res else {
         eprintln!("stopped: state saved; run the same command to resume");
         return Ok(());
     };
-    for p in crate::lego::experiments::write_tables(&res, &a.figures)? {
-        eprintln!("wrote {}", p.display());
-    }
     eprintln!(
         "{}: {} runs in {:.0}s",
         res.name,
@@ -177,10 +176,19 @@ fn lego_train(a: LegoTrainArgs) -> Result<()> {
     );
     if a.json {
         println!("{}", serde_json::to_string(&res.results)?);
+        if !res.programs.is_empty() {
+            println!("{}", serde_json::to_string(&res.programs)?);
+        }
     } else {
         for r in &res.results {
             let acc: Vec<String> = r.per_position.iter().map(|x| format!("{x:.3}")).collect();
             println!("{} seed {}: {}", r.run.label, r.run.seed, acc.join(" "));
+        }
+        for r in &res.programs {
+            println!(
+                "program {} seed {}: accuracy {:.3} (majority {:.3}), {} parameters",
+                r.run.label, r.run.seed, r.accuracy, r.majority, r.params
+            );
         }
     }
     Ok(())

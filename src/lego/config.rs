@@ -8,8 +8,9 @@
 //! sections the experiment's kind needs are present.
 //!
 //! The `[paper]` preset follows the official code (BERT-base, 120k/12k sentences with n = 12,
-//! batch 1000, Adam 5e-5, cosine over 200 epochs). The `[cpu]` presets are provisional
-//! guesses (`provisional = true`) until the transformer toolkit lands and they are timed.
+//! batch 1000, Adam 5e-5, cosine over 200 epochs). The `[cpu]` presets are the timed CPU scale
+//! of `attnlab figures` (paper_notes section 2); `[tiny]` runs in seconds, for the tests of the
+//! figures command.
 
 use crate::config::{load_toml, require};
 use crate::lego::program::ProgramSpec;
@@ -26,6 +27,8 @@ pub struct LegoExperiment {
     pub experiment: ExperimentMeta,
     pub cpu: Preset,
     pub paper: Preset,
+    /// Seconds-long smoke preset (`attnlab figures --preset tiny`).
+    pub tiny: Preset,
     /// The models compared (architecture x initialisation); empty where the kind fixes them.
     #[serde(default)]
     pub runs: Vec<RunSpec>,
@@ -293,14 +296,27 @@ pub struct ConvolutionStudy {
     pub configs: Vec<ConvolutionConfig>,
 }
 
-/// One compared model: a 1-D convolution over positions of width `kernel_size` (odd; 1 = the
-/// plain linear map) in each of the listed maps.
+/// One compared model: a depthwise 1-D convolution over positions of width `kernel_size` (odd,
+/// centred) after the query, key and value projections; `kernel_size = 1` with `maps = []` is
+/// the plain linear model. The toolkit convolves the fused `[q | k | v]` projection, so `maps`
+/// lists all three or none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConvolutionConfig {
     pub label: String,
     pub kernel_size: usize,
     pub maps: Vec<QkvMap>,
+}
+
+impl ConvolutionConfig {
+    /// The toolkit's `qkv_conv` width (0 = no convolution).
+    pub fn qkv_conv(&self) -> usize {
+        if self.maps.is_empty() {
+            0
+        } else {
+            self.kernel_size
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,20 +336,29 @@ pub fn load(path: &Path) -> Result<LegoExperiment> {
 }
 
 impl LegoExperiment {
-    /// The preset called `name` (`cpu` or `paper`).
+    /// The preset called `name` (`cpu`, `paper` or `tiny`).
     pub fn preset(&self, name: &str) -> Result<&Preset> {
         match name {
             "cpu" => Ok(&self.cpu),
             "paper" => Ok(&self.paper),
-            _ => bail!("unknown preset `{name}`: expected `cpu` or `paper`"),
+            "tiny" => Ok(&self.tiny),
+            _ => bail!("unknown preset `{name}`: expected `cpu`, `paper` or `tiny`"),
         }
+    }
+
+    fn presets(&self) -> [(&'static str, &Preset); 3] {
+        [
+            ("cpu", &self.cpu),
+            ("paper", &self.paper),
+            ("tiny", &self.tiny),
+        ]
     }
 
     /// Range checks, and that the sections the kind needs are present.
     pub fn validate(&self) -> Result<()> {
         use ExperimentKind::*;
         let kind = self.experiment.kind;
-        for (name, p) in [("cpu", &self.cpu), ("paper", &self.paper)] {
+        for (name, p) in self.presets() {
             p.validate(kind)
                 .with_context(|| format!("in preset `[{name}]`"))?;
         }
@@ -344,7 +369,7 @@ impl LegoExperiment {
             "this kind of experiment compares models: add [[runs]] entries",
         )?;
         if self.runs.iter().any(|r| r.init == Init::Mimic) {
-            for (name, p) in [("cpu", &self.cpu), ("paper", &self.paper)] {
+            for (name, p) in self.presets() {
                 require(
                     p.mimic.is_some(),
                     &format!("{name}.mimic"),
@@ -421,12 +446,8 @@ impl Preset {
         require(t.batch_size > 0, "train.batch_size", "must be > 0")?;
         require(t.lr > 0.0, "train.lr", "must be > 0")?;
         require(t.eval_every > 0, "train.eval_every", "must be > 0")?;
-        let seq = if kind == ExperimentKind::Convolution {
-            require(
-                self.task.is_none(),
-                "task",
-                "a convolution study uses [*.program]",
-            )?;
+        let mut seq = 0;
+        if kind == ExperimentKind::Convolution {
             let p = self
                 .program
                 .as_ref()
@@ -448,16 +469,29 @@ impl Preset {
                     "convolution.configs.kernel_size",
                     format!("config `{}`: must be odd (centred window)", cc.label),
                 )?;
+                let all = [QkvMap::Query, QkvMap::Key, QkvMap::Value];
+                let every = all.iter().all(|m| cc.maps.contains(m)) && cc.maps.len() == 3;
+                require(
+                    (cc.maps.is_empty() && cc.kernel_size == 1) || (every && cc.kernel_size > 1),
+                    "convolution.configs.maps",
+                    format!(
+                        "config `{}`: the toolkit convolves q, k and v together: use \
+                         maps = [\"query\", \"key\", \"value\"] with kernel_size > 1, or \
+                         maps = [] with kernel_size = 1 (plain attention)",
+                        cc.label
+                    ),
+                )?;
             }
+            // programs always train with cross-entropy; `train.loss` names the LEGO runs' loss
             require(
-                t.loss == Loss::CrossEntropy,
+                t.loss == Loss::CrossEntropy || self.task.is_some(),
                 "train.loss",
-                "program outputs are classes: use cross_entropy",
+                "a convolution study without [*.task] trains programs only: use cross_entropy",
             )?;
             // [CLS] + init (4 tokens each) + statements (<= 6) + prints (3) + [SEP]
-            2 + 4 * p.n_vars + 6 * p.n_statements + 3 * p.n_prints
-        } else {
-            let task = self.task.as_ref().context("LEGO studies need [*.task]")?;
+            seq = 2 + 4 * p.n_vars + 6 * p.n_statements + 3 * p.n_prints;
+        }
+        if let Some(task) = &self.task {
             require(
                 (1..=N_NAMES).contains(&task.n_var),
                 "task.n_var",
@@ -476,10 +510,13 @@ impl Preset {
             require(
                 t.loss == Loss::Bce,
                 "train.loss",
-                "LEGO labels are binary: use bce",
+                "LEGO labels are binary: use bce (with [*.task] in a convolution study too; \
+                 its program runs use cross-entropy regardless)",
             )?;
-            crate::lego::task::seq_len(task.n_var)
-        };
+            seq = seq.max(crate::lego::task::seq_len(task.n_var));
+        } else if kind != ExperimentKind::Convolution {
+            bail!("invalid value for `task`: LEGO studies need [*.task]");
+        }
         require(
             m.max_positions >= seq,
             "model.max_positions",

@@ -1,35 +1,130 @@
-//! Figure data of the LEGO studies: one [`Table`] (header + numeric rows) per figure, computed
-//! from finished runs, plus a plain plotters rendering of the main ones.
+//! The LEGO figures of `attnlab figures` ([`registered`]), drawn with [`crate::plot`] from the
+//! runs of the experiment files under `experiments/lego/`.
 //!
-//! Runs are numbered in the order of `<experiment>_runs.csv` (`run` column); labels are in the
-//! same order in `run_index`'s `label_order` and in the experiment's config.
+//! Each figure trains (or reloads) the runs of its experiment file under
+//! `<runs>/lego/<out_dir name>/<preset>/`; a run asked for by several studies (the plain
+//! `bert-random` model serves studies 1, 3, 5 and 6) is trained once. Lines are means over
+//! seeds, bands min..max over seeds.
 //!
-//! | table | rows |
-//! |---|---|
-//! | `per_position` | chain position x (mean, min, max over seeds) per model label |
-//! | `curves` | run, seed, epoch, step, loss, supervised and extrapolated accuracy |
-//! | `runs` | run, label index, seed, arch, fixed heads, forward FLOPs, seconds |
-//! | `heads` | label, seed, stage (0 init, 1 mimicked, 2 trained), layer, head, scores |
-//! | `mimic` | label, seed, step, mimicking loss |
-//! | `accuracy_vs_flops` | label, fixed heads, forward FLOPs/sentence, saving, accuracies |
-//! | `shortcuts` | regime, test variant, accuracy (mean, min over seeds) |
+//! | figure | config | panels |
+//! |---|---|---|
+//! | `lego/per_position` | `length_extrapolation.toml` | accuracy per chain position, BERT vs ALBERT |
+//! | `lego/training_curves` | `length_extrapolation.toml` | supervised / extrapolated accuracy over steps |
+//! | `lego/mimicking` | `mimicking.toml` | per position, random vs mimicking init; mimicking loss |
+//! | `lego/head_scores` | `head_analysis.toml` | association and locality of every head, per stage |
+//! | `lego/shortcuts` | `shortcuts.toml` | accuracy per test variant and regime; per position |
+//! | `lego/attention_flops` | `lego_attention.toml` | accuracy vs exact forward FLOPs; per position |
+//! | `lego/convolution` | `convolution.toml` | program accuracy over training; LEGO per position |
 
-use crate::lego::experiments::{arch_code, ExperimentResults};
+use crate::figures::{Figure, FigureContext, FigureOutput};
+use crate::lego::config::{self, LegoExperiment};
+use crate::lego::experiments::{run_experiment, ExperimentResults, PLAIN_LEGO};
+use crate::lego::heads::{score_head, uniform_attention};
+use crate::lego::train::RunResult;
 use crate::lego::variants::Variant;
-use anyhow::Result;
+use crate::plot::{Chart, Corner, Mark, Series, COLORS};
+use anyhow::{bail, Context, Result};
+use plotters::style::RGBColor;
+use serde_json::json;
+use std::path::Path;
 
-/// One figure's data.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Table {
-    pub name: String,
-    pub header: Vec<String>,
-    pub rows: Vec<Vec<f64>>,
+const GREY: RGBColor = RGBColor(120, 120, 120);
+
+fn color(i: usize) -> RGBColor {
+    COLORS[i % COLORS.len()]
+}
+
+/// The LEGO figures (see the module table).
+pub fn registered() -> Vec<Figure> {
+    let check = |p: &Path| config::load(p).map(|_| ());
+    vec![
+        Figure {
+            name: "lego/per_position",
+            what: "LEGO test accuracy per chain position (first positions supervised, the rest extrapolated): BERT-like vs ALBERT-like from random init.",
+            compute: per_position,
+            config: Some("lego/length_extrapolation.toml"),
+            check,
+        },
+        Figure {
+            name: "lego/training_curves",
+            what: "LEGO test accuracy over training on the supervised (solid) and extrapolated (dashed) chain positions, BERT-like vs ALBERT-like.",
+            compute: training_curves,
+            config: Some("lego/length_extrapolation.toml"),
+            check,
+        },
+        Figure {
+            name: "lego/mimicking",
+            what: "Mimicking pretraining as initialisation: accuracy per chain position for random vs mimicking init (BERT-/ALBERT-like), and the mimicking loss.",
+            compute: mimicking,
+            config: Some("lego/mimicking.toml"),
+            check,
+        },
+        Figure {
+            name: "lego/head_scores",
+            what: "Association and window-locality score of every layer/head at init, after mimicking and after LEGO training, beside uniform attention.",
+            compute: head_scores,
+            config: Some("lego/head_analysis.toml"),
+            check,
+        },
+        Figure {
+            name: "lego/shortcuts",
+            what: "Shortcut robustness: mean accuracy of each training regime on each test variant, and per chain position on shuffled sentences.",
+            compute: shortcuts,
+            config: Some("lego/shortcuts.toml"),
+            check,
+        },
+        Figure {
+            name: "lego/attention_flops",
+            what: "LEGO attention module: supervised-position accuracy against exact forward FLOPs per sentence as heads become fixed local/association maps.",
+            compute: attention_flops,
+            config: Some("lego/lego_attention.toml"),
+            check,
+        },
+        Figure {
+            name: "lego/convolution",
+            what: "Convolutional vs plain q/k/v maps: program-execution accuracy over training (with the majority baseline) and LEGO accuracy per chain position.",
+            compute: convolution,
+            config: Some("lego/convolution.toml"),
+            check,
+        },
+    ]
+}
+
+/// Loads the figure's experiment file and trains or reloads its runs.
+fn results(ctx: &FigureContext) -> Result<(LegoExperiment, ExperimentResults)> {
+    let exp = config::load(ctx.config)?;
+    crate::interrupt::install();
+    let group = Path::new(&exp.experiment.out_dir)
+        .file_name()
+        .context("experiment.out_dir has no last component")?;
+    let dir = ctx.runs.join("lego").join(group);
+    let quiet = ctx.quiet;
+    let res = run_experiment(
+        &exp,
+        ctx.preset.name(),
+        None,
+        None,
+        &dir,
+        &crate::interrupt::requested,
+        &mut |m| {
+            if !quiet {
+                eprintln!("  {m}")
+            }
+        },
+        !quiet,
+    )?;
+    match res {
+        Some(r) => Ok((exp, r)),
+        None => {
+            bail!("stopped by Ctrl-C: the runs' state is saved; run the same command to resume")
+        }
+    }
 }
 
 /// Distinct labels in first-seen order.
-pub fn labels(r: &ExperimentResults) -> Vec<String> {
+fn labels(runs: &[RunResult]) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
-    for x in &r.results {
+    for x in runs {
         if !v.contains(&x.run.label) {
             v.push(x.run.label.clone());
         }
@@ -37,277 +132,8 @@ pub fn labels(r: &ExperimentResults) -> Vec<String> {
     v
 }
 
-fn label_idx(r: &ExperimentResults, label: &str) -> f64 {
-    labels(r).iter().position(|l| l == label).unwrap_or(0) as f64
-}
-
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (mean, min, max)
-}
-
-/// Test accuracy per chain position (1-based) for each model: mean, min, max over seeds.
-pub fn per_position(r: &ExperimentResults) -> Result<Table> {
-    let labs = labels(r);
-    let n = r
-        .results
-        .iter()
-        .map(|x| x.per_position.len())
-        .max()
-        .unwrap_or(0);
-    let mut header = vec!["position".to_string()];
-    for l in &labs {
-        for s in ["mean", "min", "max"] {
-            header.push(format!("{l}_{s}"));
-        }
-    }
-    let rows = (0..n)
-        .map(|k| {
-            let mut row = vec![(k + 1) as f64];
-            for l in &labs {
-                let v: Vec<f64> = r
-                    .results
-                    .iter()
-                    .filter(|x| &x.run.label == l)
-                    .filter_map(|x| x.per_position.get(k).copied())
-                    .collect();
-                let (a, b, c) = stats(&v);
-                row.extend([a, b, c]);
-            }
-            row
-        })
-        .collect();
-    Ok(Table {
-        name: "per_position".into(),
-        header,
-        rows,
-    })
-}
-
-/// Accuracy over training, supervised vs extrapolated positions, every run.
-pub fn curves(r: &ExperimentResults) -> Result<Table> {
-    let mut rows = Vec::new();
-    for x in &r.results {
-        for p in &x.curve {
-            rows.push(vec![
-                label_idx(r, &x.run.label),
-                x.run.seed as f64,
-                p.epoch as f64,
-                p.step as f64,
-                p.train_loss,
-                p.acc_supervised,
-                p.acc_extrapolated,
-            ]);
-        }
-    }
-    Ok(Table {
-        name: "curves".into(),
-        header: [
-            "label",
-            "seed",
-            "epoch",
-            "step",
-            "train_loss",
-            "acc_supervised",
-            "acc_extrapolated",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows,
-    })
-}
-
-/// One row per run: label index (order of [`labels`]), seed, architecture (0 BERT, 1 ALBERT),
-/// fixed heads, forward FLOPs per sentence, wall seconds.
-pub fn run_index(r: &ExperimentResults) -> Result<Table> {
-    let rows = r
-        .results
-        .iter()
-        .map(|x| {
-            vec![
-                label_idx(r, &x.run.label),
-                x.run.seed as f64,
-                arch_code(x.run.arch),
-                x.run.fixed_local as f64,
-                x.run.fixed_association as f64,
-                x.forward_flops as f64,
-                x.seconds,
-            ]
-        })
-        .collect();
-    let mut header: Vec<String> = [
-        "label",
-        "seed",
-        "albert",
-        "fixed_local",
-        "fixed_association",
-        "forward_flops_per_sentence",
-        "seconds",
-    ]
-    .map(String::from)
-    .to_vec();
-    // the label names ride along in the header so the CSV is self-describing
-    header[0] = format!("label({})", labels(r).join("|"));
-    Ok(Table {
-        name: "runs".into(),
-        header,
-        rows,
-    })
-}
-
-fn stage_code(s: &str) -> f64 {
-    match s {
-        "init" => 0.0,
-        "mimicked" => 1.0,
-        _ => 2.0,
-    }
-}
-
-/// Association and locality score of every layer/head at every stage of every run.
-pub fn head_scores(r: &ExperimentResults) -> Result<Table> {
-    let mut rows = Vec::new();
-    for x in &r.results {
-        for st in &x.head_scores {
-            for (l, layer) in st.scores.iter().enumerate() {
-                for (h, sc) in layer.iter().enumerate() {
-                    rows.push(vec![
-                        label_idx(r, &x.run.label),
-                        x.run.seed as f64,
-                        stage_code(&st.stage),
-                        l as f64,
-                        h as f64,
-                        sc.association.unwrap_or(f64::NAN),
-                        sc.clause_locality.unwrap_or(f64::NAN),
-                        sc.window_locality.unwrap_or(f64::NAN),
-                    ]);
-                }
-            }
-        }
-    }
-    Ok(Table {
-        name: "heads".into(),
-        header: [
-            "label",
-            "seed",
-            "stage",
-            "layer",
-            "head",
-            "association",
-            "clause_locality",
-            "window_locality",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows,
-    })
-}
-
-/// Mimicking loss per step.
-pub fn mimic_curve(r: &ExperimentResults) -> Result<Table> {
-    let mut rows = Vec::new();
-    for x in &r.results {
-        for (i, l) in x.mimic_losses.iter().enumerate() {
-            rows.push(vec![
-                label_idx(r, &x.run.label),
-                x.run.seed as f64,
-                i as f64,
-                *l,
-            ]);
-        }
-    }
-    Ok(Table {
-        name: "mimic".into(),
-        header: ["label", "seed", "step", "mimic_loss"]
-            .map(String::from)
-            .to_vec(),
-        rows,
-    })
-}
-
-/// Accuracy beside exact forward FLOPs per configuration (mean over seeds), with the saving
-/// relative to the first configuration (the vanilla model).
-pub fn accuracy_vs_flops(r: &ExperimentResults) -> Result<Table> {
-    let labs = labels(r);
-    let base = r
-        .results
-        .first()
-        .map(|x| x.forward_flops as f64)
-        .unwrap_or(1.0);
-    let tv = r.train_vars;
-    let rows = labs
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let xs: Vec<_> = r.results.iter().filter(|x| &x.run.label == l).collect();
-            let f = xs[0].forward_flops as f64;
-            let sup: Vec<f64> = xs
-                .iter()
-                .map(|x| mean(&x.per_position[..tv.min(x.per_position.len())]))
-                .collect();
-            let all: Vec<f64> = xs.iter().map(|x| mean(&x.per_position)).collect();
-            let ext: Vec<f64> = xs
-                .iter()
-                .map(|x| mean(&x.per_position[tv.min(x.per_position.len())..]))
-                .collect();
-            vec![
-                i as f64,
-                xs[0].run.fixed_local as f64,
-                xs[0].run.fixed_association as f64,
-                f,
-                1.0 - f / base,
-                stats(&sup).0,
-                stats(&ext).0,
-                stats(&all).0,
-            ]
-        })
-        .collect();
-    Ok(Table {
-        name: "accuracy_vs_flops".into(),
-        header: [
-            "label",
-            "fixed_local",
-            "fixed_association",
-            "forward_flops_per_sentence",
-            "flop_saving",
-            "acc_supervised",
-            "acc_extrapolated",
-            "acc_all",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows,
-    })
-}
-
-/// Mean accuracy over all chain positions of each regime on each test variant
-/// (variant index = position in [`Variant::ALL`]).
-pub fn shortcut_robustness(r: &ExperimentResults) -> Result<Table> {
-    let labs = labels(r);
-    let mut rows = Vec::new();
-    for (i, l) in labs.iter().enumerate() {
-        let xs: Vec<_> = r.results.iter().filter(|x| &x.run.label == l).collect();
-        let variants: Vec<Variant> = xs[0].variant_accuracy.iter().map(|v| v.0).collect();
-        for v in variants {
-            let accs: Vec<f64> = xs
-                .iter()
-                .filter_map(|x| x.variant_accuracy.iter().find(|a| a.0 == v))
-                .map(|a| mean(&a.1))
-                .collect();
-            let (m, lo, _) = stats(&accs);
-            let vi = Variant::ALL.iter().position(|&w| w == v).unwrap_or(0);
-            rows.push(vec![i as f64, vi as f64, m, lo]);
-        }
-    }
-    Ok(Table {
-        name: "shortcuts".into(),
-        header: ["regime", "variant", "acc_mean", "acc_min"]
-            .map(String::from)
-            .to_vec(),
-        rows,
-    })
+fn of_label<'a>(runs: &'a [RunResult], label: &str) -> Vec<&'a RunResult> {
+    runs.iter().filter(|x| x.run.label == label).collect()
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -318,338 +144,579 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
-// ---------------------------------------------------------------- rendering (plotters)
-
-use plotters::prelude::*;
-use std::path::{Path, PathBuf};
-
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-
-fn register() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // the bundled DejaVu Sans parses; a failure would only lose the text
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("plotting: {e:?}")
-}
-
-/// One line of a line chart.
-pub struct Series {
-    pub name: String,
-    pub points: Vec<(f64, f64)>,
-}
-
-/// A line chart with markers, written as PNG; `vline` draws a dashed marker at that x.
-pub fn line_chart(
-    path: &Path,
+/// Accuracy per chain position, one line per label (band over seeds), `names[label]` shown.
+fn per_position_chart(
     title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-    y_range: (f64, f64),
-    vline: Option<f64>,
-) -> Result<()> {
-    register();
-    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
-    let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-        (a.min(x), b.max(x))
-    });
-    let (x0, x1) = if x0.is_finite() && x1 > x0 {
-        (x0, x1)
-    } else {
-        (0.0, 1.0)
+    runs: &[RunResult],
+    train_vars: usize,
+    names: &dyn Fn(&str) -> String,
+) -> Chart {
+    let n = runs.iter().map(|r| r.per_position.len()).max().unwrap_or(0);
+    let x: Vec<f64> = (1..=n).map(|k| k as f64).collect();
+    let mut c = Chart {
+        title: title.into(),
+        x_label: format!("chain position (1-{train_vars} supervised)"),
+        y_label: "test accuracy".into(),
+        // deep positions sit at chance: the upper right is empty
+        legend: Corner::UpperRight,
+        ..Default::default()
     };
-    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(x0..x1, y_range.0..y_range.1)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(err)?;
-    if let Some(v) = vline {
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(v, y_range.0), (v, y_range.1)],
-                6,
-                4,
-                BLACK.mix(0.5).stroke_width(1),
-            ))
-            .map_err(err)?;
-    }
-    for (i, s) in series.iter().enumerate() {
-        let c = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = s
-            .points
+    for (i, l) in labels(runs).iter().enumerate() {
+        let per: Vec<Vec<f64>> = of_label(runs, l)
             .iter()
-            .copied()
-            .filter(|p| p.1.is_finite())
+            .map(|r| r.per_position.clone())
+            .filter(|p| p.len() == n)
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
-            .map_err(err)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .position(SeriesLabelPosition::LowerLeft)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
-}
-
-/// Dark blue (0) through teal to yellow (1).
-fn heat(v: f64) -> RGBColor {
-    let stops = [
-        (68.0, 1.0, 84.0),
-        (33.0, 145.0, 140.0),
-        (253.0, 231.0, 37.0),
-    ];
-    let x = v.clamp(0.0, 1.0) * 2.0;
-    let i = (x.floor() as usize).min(1);
-    let f = x - i as f64;
-    let (a, b) = (stops[i], stops[i + 1]);
-    let mix = |p: f64, q: f64| (p + (q - p) * f).round() as u8;
-    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
-}
-
-/// Heatmaps of `values[panel][row][col]` in [0, 1] side by side, one per panel title.
-pub fn heatmaps(
-    path: &Path,
-    title: &str,
-    panels: &[(String, Vec<Vec<f64>>)],
-    row_name: &str,
-    col_name: &str,
-) -> Result<()> {
-    register();
-    let w = 260 * panels.len().max(1) as u32;
-    let root = BitMapBackend::new(path, (w, 330)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
-    let areas = root.split_evenly((1, panels.len().max(1)));
-    for ((name, grid), area) in panels.iter().zip(areas.iter()) {
-        let rows = grid.len();
-        let cols = grid.first().map(|r| r.len()).unwrap_or(0);
-        let mut chart = ChartBuilder::on(area)
-            .caption(name, ("sans-serif", 13))
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(30)
-            .build_cartesian_2d(0..cols, 0..rows)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc(col_name)
-            .y_desc(row_name)
-            .label_style(("sans-serif", 11))
-            .draw()
-            .map_err(err)?;
-        for (r, row) in grid.iter().enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                let v = if v.is_finite() {
-                    v.clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
-                let color = heat(v);
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(c, r), (c + 1, r + 1)],
-                        color.filled(),
-                    )))
-                    .map_err(err)?;
-                chart
-                    .draw_series(std::iter::once(Text::new(
-                        format!("{v:.2}"),
-                        (c, r + 1),
-                        ("sans-serif", 11)
-                            .into_font()
-                            .color(if v > 0.5 { &BLACK } else { &WHITE }),
-                    )))
-                    .map_err(err)?;
-            }
+        if !per.is_empty() {
+            c.series.push(Series::over_runs(
+                names(l),
+                Mark::LinePoints,
+                color(i),
+                x.clone(),
+                &per,
+            ));
         }
     }
-    root.present().map_err(err)?;
-    Ok(())
+    c.series
+        .push(Series::hline("chance", GREY, 0.5, 1.0, n.max(1) as f64));
+    if train_vars < n {
+        let b = train_vars as f64 + 0.5;
+        c.series.push(Series::new(
+            "last supervised | extrapolated",
+            Mark::Dashed,
+            RGBColor(0, 0, 0),
+            vec![b, b],
+            vec![0.45, 1.0],
+        ));
+    }
+    c
 }
 
-/// Renders the figures of an experiment as PNGs in `dir`; returns the paths.
-pub fn render(r: &ExperimentResults, dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let labs = labels(r);
-    let pp = per_position(r)?;
-    let series: Vec<Series> = labs
-        .iter()
-        .enumerate()
-        .map(|(i, l)| Series {
-            name: format!("{l} (mean of seeds)"),
-            points: pp.rows.iter().map(|row| (row[0], row[1 + 3 * i])).collect(),
-        })
-        .collect();
-    let p = dir.join(format!("{}_per_position.png", r.name));
-    let vline = (r.train_vars < pp.rows.len()).then_some(r.train_vars as f64 + 0.5);
-    line_chart(
-        &p,
-        &format!("{}: test accuracy per chain position", r.name),
-        "chain position",
-        "accuracy",
-        &series,
-        (0.4, 1.02),
-        vline,
-    )?;
-    out.push(p);
-
-    let mut cs = Vec::new();
-    for l in &labs {
-        let xs: Vec<_> = r.results.iter().filter(|x| &x.run.label == l).collect();
-        let Some(x) = xs.first() else { continue };
-        cs.push(Series {
-            name: format!("{l} supervised (seed {})", x.run.seed),
-            points: x
-                .curve
-                .iter()
-                .map(|p| (p.epoch as f64, p.acc_supervised))
-                .collect(),
-        });
-        if vline.is_some() {
-            cs.push(Series {
-                name: format!("{l} extrapolated (seed {})", x.run.seed),
-                points: x
-                    .curve
-                    .iter()
-                    .map(|p| (p.epoch as f64, p.acc_extrapolated))
-                    .collect(),
-            });
-        }
-    }
-    let p = dir.join(format!("{}_curves.png", r.name));
-    line_chart(
-        &p,
-        &format!("{}: test accuracy during training", r.name),
-        "epoch",
-        "accuracy",
-        &cs,
-        (0.4, 1.02),
-        None,
-    )?;
-    out.push(p);
-
-    if r.results.iter().any(|x| !x.head_scores.is_empty()) {
-        for (what, pick) in [("association", 0usize), ("window_locality", 2usize)] {
-            let mut panels = Vec::new();
-            for l in &labs {
-                let Some(x) = r.results.iter().find(|x| &x.run.label == l) else {
-                    continue;
-                };
-                for st in &x.head_scores {
-                    let grid = st
-                        .scores
-                        .iter()
-                        .map(|layer| {
-                            layer
-                                .iter()
-                                .map(|s| {
-                                    [s.association, s.clause_locality, s.window_locality][pick]
-                                        .unwrap_or(f64::NAN)
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    panels.push((format!("{l}: {}", st.stage), grid));
-                }
-            }
-            let p = dir.join(format!("{}_heads_{what}.png", r.name));
-            heatmaps(
-                &p,
-                &format!(
-                    "{}: {what} score per layer (rows) and head (columns)",
-                    r.name
-                ),
-                &panels,
-                "layer",
-                "head",
-            )?;
-            out.push(p);
-        }
-    }
-    if r.kind == crate::lego::config::ExperimentKind::Shortcuts {
-        let t = shortcut_robustness(r)?;
-        let series: Vec<Series> = labs
-            .iter()
-            .enumerate()
-            .map(|(i, l)| Series {
-                name: l.clone(),
-                points: t
-                    .rows
-                    .iter()
-                    .filter(|row| row[0] == i as f64)
-                    .map(|row| (row[1], row[2]))
-                    .collect(),
+/// Per-position accuracy of every run, keyed by label, for the summary.
+fn per_position_summary(runs: &[RunResult]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for l in labels(runs) {
+        let xs = of_label(runs, &l);
+        let n = xs[0].per_position.len();
+        let v: Vec<f64> = (0..n)
+            .map(|k| {
+                round3(mean(
+                    &xs.iter().map(|r| r.per_position[k]).collect::<Vec<_>>(),
+                ))
             })
             .collect();
-        let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
-        let p = dir.join(format!("{}_robustness.png", r.name));
-        line_chart(
-            &p,
-            &format!("accuracy per test variant (x: {})", names.join(", ")),
-            "test variant index",
-            "mean accuracy",
-            &series,
-            (0.4, 1.02),
-            None,
-        )?;
-        out.push(p);
+        m.insert(l, json!({ "seeds": xs.len(), "per_position_mean": v }));
     }
-    if r.kind == crate::lego::config::ExperimentKind::LegoAttention {
-        let t = accuracy_vs_flops(r)?;
-        let series = vec![
-            Series {
-                name: "supervised positions".into(),
-                points: t.rows.iter().map(|row| (row[3] / 1e6, row[5])).collect(),
-            },
-            Series {
-                name: "extrapolated positions".into(),
-                points: t.rows.iter().map(|row| (row[3] / 1e6, row[6])).collect(),
-            },
-        ];
-        let p = dir.join(format!("{}_accuracy_vs_flops.png", r.name));
-        line_chart(
-            &p,
-            "LEGO attention module: accuracy vs forward MFLOPs / sentence",
-            "forward MFLOPs per sentence",
-            "accuracy",
-            &series,
-            (0.4, 1.02),
-            None,
-        )?;
-        out.push(p);
-    }
-    Ok(out)
+    serde_json::Value::Object(m)
 }
 
-/// The LEGO figures of `attnlab figures` (see [`crate::figures::registry`]).
-pub fn registered() -> Vec<crate::figures::Figure> {
-    Vec::new()
+fn per_position(ctx: &FigureContext) -> Result<FigureOutput> {
+    let (_, r) = results(ctx)?;
+    Ok(FigureOutput {
+        charts: vec![per_position_chart(
+            "LEGO length extrapolation",
+            &r.results,
+            r.train_vars,
+            &|l| l.to_string(),
+        )],
+        summary: json!({ "train_vars": r.train_vars, "runs": per_position_summary(&r.results) }),
+    })
+}
+
+/// Supervised (solid) and extrapolated (dashed) accuracy over steps, one pair per label.
+fn curves_chart(title: &str, runs: &[RunResult]) -> Chart {
+    let mut c = Chart {
+        title: title.into(),
+        x_label: "training step".into(),
+        y_label: "test accuracy (mean over positions)".into(),
+        legend: Corner::UpperLeft,
+        ..Default::default()
+    };
+    for (i, l) in labels(runs).iter().enumerate() {
+        let xs = of_label(runs, l);
+        let x: Vec<f64> = xs[0].curve.iter().map(|p| p.step as f64).collect();
+        let same = |r: &&&RunResult| r.curve.len() == x.len();
+        let sup: Vec<Vec<f64>> = xs
+            .iter()
+            .filter(same)
+            .map(|r| r.curve.iter().map(|p| p.acc_supervised).collect())
+            .collect();
+        let ext: Vec<Vec<f64>> = xs
+            .iter()
+            .filter(same)
+            .map(|r| r.curve.iter().map(|p| p.acc_extrapolated).collect())
+            .collect();
+        c.series.push(Series::over_runs(
+            format!("{l} supervised"),
+            Mark::Line,
+            color(i),
+            x.clone(),
+            &sup,
+        ));
+        if ext.iter().flatten().any(|v| v.is_finite()) {
+            c.series.push(Series::over_runs(
+                format!("{l} extrapolated"),
+                Mark::Dashed,
+                color(i),
+                x,
+                &ext,
+            ));
+        }
+    }
+    c
+}
+
+fn training_curves(ctx: &FigureContext) -> Result<FigureOutput> {
+    let (_, r) = results(ctx)?;
+    let mut summary = serde_json::Map::new();
+    for l in labels(&r.results) {
+        let xs = of_label(&r.results, &l);
+        let last = |f: fn(&crate::lego::train::CurvePoint) -> f64| {
+            round3(mean(
+                &xs.iter()
+                    .filter_map(|x| x.curve.last().map(f))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        summary.insert(
+            l.clone(),
+            json!({
+                "final_supervised": last(|p| p.acc_supervised),
+                "final_extrapolated": last(|p| p.acc_extrapolated),
+                "steps": xs[0].curve.last().map(|p| p.step),
+            }),
+        );
+    }
+    Ok(FigureOutput {
+        charts: vec![curves_chart("LEGO accuracy over training", &r.results)],
+        summary: serde_json::Value::Object(summary),
+    })
+}
+
+fn mimicking(ctx: &FigureContext) -> Result<FigureOutput> {
+    let (_, r) = results(ctx)?;
+    let mut loss = Chart {
+        title: "mimicking loss (sum over layers, 2 heads)".into(),
+        x_label: "mimicking step".into(),
+        y_label: "KL(attention || target)".into(),
+        y_log: true,
+        legend: Corner::UpperRight,
+        ..Default::default()
+    };
+    let mut summary = serde_json::Map::new();
+    for (i, l) in labels(&r.results).iter().enumerate() {
+        let xs = of_label(&r.results, l);
+        let losses: Vec<Vec<f64>> = xs
+            .iter()
+            .map(|x| x.mimic_losses.clone())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let n = losses.iter().map(Vec::len).min().unwrap_or(0);
+        if n > 0 {
+            let cut: Vec<Vec<f64>> = losses.iter().map(|v| v[..n].to_vec()).collect();
+            loss.series.push(Series::over_runs(
+                l.clone(),
+                Mark::Line,
+                color(i),
+                (1..=n).map(|s| s as f64).collect(),
+                &cut,
+            ));
+            summary.insert(
+                format!("{l} mimic loss first/last"),
+                json!([
+                    round3(mean(&cut.iter().map(|v| v[0]).collect::<Vec<_>>())),
+                    round3(mean(&cut.iter().map(|v| v[n - 1]).collect::<Vec<_>>()))
+                ]),
+            );
+        }
+    }
+    summary.insert("runs".into(), per_position_summary(&r.results));
+    let mut charts = vec![per_position_chart(
+        "random vs mimicking initialisation",
+        &r.results,
+        r.train_vars,
+        &|l| l.to_string(),
+    )];
+    if !loss.series.is_empty() {
+        charts.push(loss);
+    }
+    Ok(FigureOutput {
+        charts,
+        summary: serde_json::Value::Object(summary),
+    })
+}
+
+/// Exact scores of uniform attention on `count` test sentences of length `n_var`: the level a
+/// head that has not specialised shows.
+fn uniform_scores(n_var: usize, count: usize) -> Result<(f64, f64)> {
+    let sents = Variant::Shuffled.sample(n_var, count, 0x554e49)?;
+    let t = crate::lego::task::seq_len(n_var);
+    let u = uniform_attention(t);
+    let (mut a, mut w) = (Vec::new(), Vec::new());
+    for s in &sents {
+        let sc = score_head(u.view(), &s.tokens)?;
+        a.extend(sc.association);
+        w.extend(sc.window_locality);
+    }
+    Ok((mean(&a), mean(&w)))
+}
+
+fn head_scores(ctx: &FigureContext) -> Result<FigureOutput> {
+    let (exp, r) = results(ctx)?;
+    let preset = exp.preset(ctx.preset.name())?;
+    let n_var = preset.task.as_ref().map(|t| t.n_var).context("no task")?;
+    let (heads, layers) = (preset.model.heads, preset.model.layers);
+    let (ua, uw) = uniform_scores(n_var, 20)?;
+    let x: Vec<f64> = (1..=layers * heads).map(|i| i as f64).collect();
+    let xl = format!("head (layer-major: 1-{heads} = layer 1, ...)");
+    let mk = |title: &str, y: &str| Chart {
+        title: title.into(),
+        x_label: xl.clone(),
+        y_label: y.into(),
+        legend: Corner::UpperRight,
+        ..Default::default()
+    };
+    let mut assoc = mk(
+        "association score",
+        "mass on other occurrences of the token",
+    );
+    let mut local = mk("window locality score", "mass within +-2 tokens");
+    let mut summary = serde_json::Map::new();
+    let mut i = 0;
+    for l in labels(&r.results) {
+        let xs = of_label(&r.results, &l);
+        for stage in ["init", "mimicked", "trained"] {
+            // init maps are the same random-init story for every model: draw them once
+            if stage == "init" && i > 0 {
+                continue;
+            }
+            let per_seed: Vec<Vec<[f64; 2]>> = xs
+                .iter()
+                .filter_map(|x| x.head_scores.iter().find(|s| s.stage == stage))
+                .map(|s| {
+                    s.scores
+                        .iter()
+                        .flatten()
+                        .map(|h| {
+                            [
+                                h.association.unwrap_or(f64::NAN),
+                                h.window_locality.unwrap_or(f64::NAN),
+                            ]
+                        })
+                        .collect()
+                })
+                .filter(|v: &Vec<[f64; 2]>| v.len() == x.len())
+                .collect();
+            if per_seed.is_empty() {
+                continue;
+            }
+            let name = if stage == "init" {
+                "random init".to_string()
+            } else {
+                format!("{l} {stage}")
+            };
+            let a: Vec<Vec<f64>> = per_seed
+                .iter()
+                .map(|v| v.iter().map(|p| p[0]).collect())
+                .collect();
+            let w: Vec<Vec<f64>> = per_seed
+                .iter()
+                .map(|v| v.iter().map(|p| p[1]).collect())
+                .collect();
+            assoc.series.push(Series::over_runs(
+                name.clone(),
+                Mark::LinePoints,
+                color(i),
+                x.clone(),
+                &a,
+            ));
+            local.series.push(Series::over_runs(
+                name.clone(),
+                Mark::LinePoints,
+                color(i),
+                x.clone(),
+                &w,
+            ));
+            summary.insert(
+                name,
+                json!({
+                    "association": a[0].iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+                    "window_locality": w[0].iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+                }),
+            );
+            i += 1;
+        }
+    }
+    let x1 = x.len() as f64;
+    assoc
+        .series
+        .push(Series::hline("uniform attention", GREY, ua, 1.0, x1));
+    local
+        .series
+        .push(Series::hline("uniform attention", GREY, uw, 1.0, x1));
+    summary.insert(
+        "uniform".into(),
+        json!({ "association": round3(ua), "window_locality": round3(uw) }),
+    );
+    Ok(FigureOutput {
+        charts: vec![assoc, local],
+        summary: serde_json::Value::Object(summary),
+    })
+}
+
+fn shortcuts(ctx: &FigureContext) -> Result<FigureOutput> {
+    let (exp, r) = results(ctx)?;
+    let variants = exp
+        .shortcuts
+        .as_ref()
+        .map(|s| s.test_variants.clone())
+        .unwrap_or_default();
+    let names: Vec<String> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{} {}", i + 1, v.name()))
+        .collect();
+    let x: Vec<f64> = (1..=variants.len()).map(|i| i as f64).collect();
+    let mut rob = Chart {
+        title: "accuracy per test variant (mean over positions)".into(),
+        x_label: names.join(", "),
+        y_label: "test accuracy".into(),
+        legend: Corner::UpperLeft,
+        ..Default::default()
+    };
+    let mut summary = serde_json::Map::new();
+    for (i, l) in labels(&r.results).iter().enumerate() {
+        let xs = of_label(&r.results, l);
+        let per_seed: Vec<Vec<f64>> = xs
+            .iter()
+            .map(|run| {
+                variants
+                    .iter()
+                    .map(|v| {
+                        run.variant_accuracy
+                            .iter()
+                            .find(|a| a.0 == *v)
+                            .map(|a| mean(&a.1))
+                            .unwrap_or(f64::NAN)
+                    })
+                    .collect()
+            })
+            .collect();
+        let s = Series::over_runs(l.clone(), Mark::LinePoints, color(i), x.clone(), &per_seed);
+        summary.insert(
+            l.clone(),
+            serde_json::Value::Object(
+                variants
+                    .iter()
+                    .zip(&s.y)
+                    .map(|(v, a)| (v.name().to_string(), json!(round3(*a))))
+                    .collect(),
+            ),
+        );
+        rob.series.push(s);
+    }
+    rob.series.push(Series::hline(
+        "chance",
+        GREY,
+        0.5,
+        1.0,
+        variants.len().max(1) as f64,
+    ));
+    // per position on shuffled test sentences (the official task)
+    let shuffled: Vec<RunResult> = r
+        .results
+        .iter()
+        .map(|x| {
+            let mut y = x.clone();
+            if let Some(a) = x.variant_accuracy.iter().find(|a| a.0 == Variant::Shuffled) {
+                y.per_position = a.1.clone();
+            }
+            y
+        })
+        .collect();
+    let pp = per_position_chart(
+        "per position on shuffled test sentences",
+        &shuffled,
+        r.train_vars,
+        &|l| l.to_string(),
+    );
+    Ok(FigureOutput {
+        charts: vec![rob, pp],
+        summary: serde_json::Value::Object(summary),
+    })
+}
+
+fn attention_flops(ctx: &FigureContext) -> Result<FigureOutput> {
+    let (_, r) = results(ctx)?;
+    let tv = r.train_vars;
+    let mut acc = Chart {
+        title: "accuracy vs forward FLOPs".into(),
+        x_label: "forward FLOPs per sentence (millions)".into(),
+        y_label: format!("test accuracy, positions 1-{tv}"),
+        legend: Corner::LowerRight,
+        ..Default::default()
+    };
+    let base = r
+        .results
+        .first()
+        .map(|x| x.forward_flops as f64)
+        .unwrap_or(1.0);
+    let mut summary = serde_json::Map::new();
+    for (i, l) in labels(&r.results).iter().enumerate() {
+        let xs = of_label(&r.results, l);
+        let f = xs[0].forward_flops as f64;
+        let sup: Vec<f64> = xs
+            .iter()
+            .map(|x| mean(&x.per_position[..tv.min(x.per_position.len())]))
+            .collect();
+        let ext: Vec<f64> = xs
+            .iter()
+            .map(|x| mean(&x.per_position[tv.min(x.per_position.len())..]))
+            .collect();
+        let saving = 100.0 * (1.0 - f / base);
+        let name = if saving.abs() < 0.05 {
+            format!("{l} (all heads learned)")
+        } else {
+            format!("{l} (-{saving:.1}% FLOPs)")
+        };
+        let mut s = Series::new(
+            name,
+            Mark::Points,
+            color(i),
+            vec![f / 1e6],
+            vec![mean(&sup)],
+        );
+        s.band = Some((
+            vec![sup.iter().copied().fold(f64::INFINITY, f64::min)],
+            vec![sup.iter().copied().fold(f64::NEG_INFINITY, f64::max)],
+        ));
+        acc.series.push(s);
+        summary.insert(
+            l.clone(),
+            json!({
+                "forward_flops_per_sentence": xs[0].forward_flops,
+                "flop_saving": round3(1.0 - f / base),
+                "fixed_local": xs[0].run.fixed_local,
+                "fixed_association": xs[0].run.fixed_association,
+                "acc_supervised": round3(mean(&sup)),
+                "acc_extrapolated": round3(mean(&ext)),
+            }),
+        );
+    }
+    // chance as the floor, so the spread between configurations reads at its true scale
+    let fx: Vec<f64> = r
+        .results
+        .iter()
+        .map(|x| x.forward_flops as f64 / 1e6)
+        .collect();
+    let (f0, f1) = (
+        fx.iter().copied().fold(f64::INFINITY, f64::min),
+        fx.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+    acc.series.push(Series::hline("chance", GREY, 0.5, f0, f1));
+    let pp = per_position_chart("per chain position", &r.results, tv, &|l| l.to_string());
+    Ok(FigureOutput {
+        charts: vec![acc, pp],
+        summary: serde_json::Value::Object(summary),
+    })
+}
+
+fn convolution(ctx: &FigureContext) -> Result<FigureOutput> {
+    let (exp, r) = results(ctx)?;
+    let preset = exp.preset(ctx.preset.name())?;
+    let conv = preset
+        .convolution
+        .as_ref()
+        .context("a convolution study needs [*.convolution]")?;
+    let mut prog = Chart {
+        title: "program execution: printed values".into(),
+        x_label: "training step".into(),
+        y_label: "test accuracy (all prints)".into(),
+        legend: Corner::LowerRight,
+        ..Default::default()
+    };
+    let mut summary = serde_json::Map::new();
+    let mut majority = Vec::new();
+    for (i, c) in conv.configs.iter().enumerate() {
+        let xs: Vec<_> = r
+            .programs
+            .iter()
+            .filter(|p| p.run.label == c.label)
+            .collect();
+        let Some(first) = xs.first() else { continue };
+        let x: Vec<f64> = first.curve.iter().map(|p| p.step as f64).collect();
+        let per: Vec<Vec<f64>> = xs
+            .iter()
+            .filter(|p| p.curve.len() == x.len())
+            .map(|p| p.curve.iter().map(|q| q.accuracy).collect())
+            .collect();
+        prog.series.push(Series::over_runs(
+            format!("{} ({} params)", c.label, first.params),
+            Mark::Line,
+            color(i),
+            x,
+            &per,
+        ));
+        majority.extend(xs.iter().map(|p| p.majority));
+        summary.insert(
+            format!("program {}", c.label),
+            json!({
+                "accuracy": round3(mean(&xs.iter().map(|p| p.accuracy).collect::<Vec<_>>())),
+                "per_print": first.per_print.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+                "params": first.params,
+                "forward_flops_per_program": first.forward_flops,
+                "seeds": xs.len(),
+            }),
+        );
+    }
+    if let Some(last) = prog.series.first().and_then(|s| s.x.last().copied()) {
+        let m = mean(&majority);
+        prog.series
+            .push(Series::hline("majority value", GREY, m, 0.0, last));
+        summary.insert("program majority baseline".into(), json!(round3(m)));
+    }
+    let mut charts = vec![prog];
+    if !r.results.is_empty() {
+        // show the config labels, not the shared run's label
+        let name_of = |l: &str| -> String {
+            if l == PLAIN_LEGO {
+                conv.configs
+                    .iter()
+                    .find(|c| c.qkv_conv() == 0)
+                    .map(|c| c.label.clone())
+                    .unwrap_or_else(|| l.to_string())
+            } else {
+                l.to_string()
+            }
+        };
+        charts.push(per_position_chart(
+            "LEGO per chain position",
+            &r.results,
+            r.train_vars,
+            &name_of,
+        ));
+        for l in labels(&r.results) {
+            let xs = of_label(&r.results, &l);
+            let n = xs[0].per_position.len();
+            let v: Vec<f64> = (0..n)
+                .map(|k| {
+                    round3(mean(
+                        &xs.iter().map(|x| x.per_position[k]).collect::<Vec<_>>(),
+                    ))
+                })
+                .collect();
+            summary.insert(
+                format!("lego {}", name_of(&l)),
+                json!({ "per_position_mean": v, "forward_flops_per_sentence": xs[0].forward_flops }),
+            );
+        }
+    }
+    Ok(FigureOutput {
+        charts,
+        summary: serde_json::Value::Object(summary),
+    })
 }

@@ -8,7 +8,8 @@
 //! - [`program`]: a straight-line program-execution task (the convolution study).
 //! - [`config`]: experiment configs under `experiments/lego/`.
 //! - [`train`]: training LEGO models (BCE at the query positions, mimicking, fixed heads).
-//! - [`experiments`]: running an experiment file; [`figures`]: figure tables.
+//! - [`program_train`]: training program-execution models (plain vs convolutional q/k/v).
+//! - [`experiments`]: running an experiment file; [`figures`]: its figures in `attnlab figures`.
 //! - [`cli`]: `attnlab lego ...` and `attnlab program ...`.
 
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod figures;
 pub mod flops;
 pub mod heads;
 pub mod program;
+pub mod program_train;
 pub mod task;
 pub mod train;
 pub mod variants;
