@@ -6,15 +6,13 @@
 
 use crate::lego::config::{Preset, ProgramTaskConfig, Schedule as CfgSchedule};
 use crate::lego::program::{sample_programs, Program, ProgramBatch, PROGRAM_VOCAB_SIZE};
-use crate::lego::train::Checkpointing;
+use crate::lego::train::{resume_checkpoint, Checkpointing};
 use crate::nn::{
     num_params, Activation, AttnMask, FlopCount, ForwardOpts, NormPlacement, Positions,
     Transformer, TransformerConfig,
 };
 use crate::rng::{stream, Rng};
-use crate::train::{
-    backward_step, load_checkpoint, save_checkpoint, OptimConfig, OptimKind, Optimizer, Schedule,
-};
+use crate::train::{backward_step, save_checkpoint, OptimConfig, OptimKind, Optimizer, Schedule};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -268,19 +266,8 @@ pub fn train_program_run(
     };
     let mut shuffle_rng: Rng = stream(run.seed, 8);
     if let Some(p) = path.as_ref().filter(|p| p.exists()) {
-        let r = load_checkpoint(p, &varmap, &mut opt)?;
-        extra = serde_json::from_str(&r.extra).context("program checkpoint metadata")?;
-        if extra.run != run_json {
-            bail!(
-                "checkpoint `{}` belongs to another run: delete it to start over",
-                p.display()
-            );
-        }
-        shuffle_rng = r
-            .rngs
-            .get("shuffle")
-            .cloned()
-            .context("checkpoint lacks the shuffle rng")?;
+        (extra, shuffle_rng) =
+            resume_checkpoint(p, &varmap, &mut opt, &run_json, |e: &Extra| &e.run)?;
     }
     while extra.epoch < tc.epochs {
         let epoch_rng = shuffle_rng.clone();

@@ -386,6 +386,32 @@ fn optim(lr: f64, schedule: CfgSchedule, total_steps: u64) -> OptimConfig {
     }
 }
 
+/// Restores the optimiser and parameters from the checkpoint at `path` and returns its metadata
+/// and shuffle RNG, refusing a checkpoint written by another run (`run_of(meta) != run_json`).
+pub(crate) fn resume_checkpoint<E: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    varmap: &VarMap,
+    opt: &mut Optimizer,
+    run_json: &str,
+    run_of: fn(&E) -> &str,
+) -> Result<(E, Rng)> {
+    let r = load_checkpoint(path, varmap, opt)?;
+    let extra: E = serde_json::from_str(&r.extra)
+        .with_context(|| format!("metadata of checkpoint `{}`", path.display()))?;
+    if run_of(&extra) != run_json {
+        bail!(
+            "checkpoint `{}` belongs to another run: delete it to start over",
+            path.display()
+        );
+    }
+    let rng = r
+        .rngs
+        .get("shuffle")
+        .cloned()
+        .context("checkpoint lacks the shuffle rng")?;
+    Ok((extra, rng))
+}
+
 /// What a checkpoint carries besides tensors.
 #[derive(Serialize, Deserialize, Default)]
 struct Extra {
@@ -522,19 +548,8 @@ pub fn train_run(
     let mut shuffle_rng: Rng = stream(run.seed, 7);
     let resumed = match train_path.as_ref().filter(|p| p.exists()) {
         Some(p) => {
-            let r = load_checkpoint(p, &lm.varmap, &mut opt)?;
-            extra = serde_json::from_str(&r.extra).context("train checkpoint metadata")?;
-            if extra.run != run_json {
-                bail!(
-                    "checkpoint `{}` belongs to another run: delete it to start over",
-                    p.display()
-                );
-            }
-            shuffle_rng = r
-                .rngs
-                .get("shuffle")
-                .cloned()
-                .context("checkpoint lacks the shuffle rng")?;
+            (extra, shuffle_rng) =
+                resume_checkpoint(p, &lm.varmap, &mut opt, &run_json, |e: &Extra| &e.run)?;
             true
         }
         None => false,
