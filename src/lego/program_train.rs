@@ -6,11 +6,8 @@
 
 use crate::lego::config::{Preset, ProgramTaskConfig, Schedule as CfgSchedule};
 use crate::lego::program::{sample_programs, Program, ProgramBatch, PROGRAM_VOCAB_SIZE};
-use crate::lego::train::{resume_checkpoint, Checkpointing};
-use crate::nn::{
-    num_params, Activation, AttnMask, FlopCount, ForwardOpts, NormPlacement, Positions,
-    Transformer, TransformerConfig,
-};
+use crate::lego::train::{encoder_config, resume_checkpoint, Checkpointing};
+use crate::nn::{num_params, AttnMask, FlopCount, ForwardOpts, Transformer, TransformerConfig};
 use crate::rng::{stream, Rng};
 use crate::train::{backward_step, save_checkpoint, OptimConfig, OptimKind, Optimizer, Schedule};
 use anyhow::{bail, Context, Result};
@@ -75,21 +72,8 @@ pub fn program_transformer_config(preset: &Preset, run: &ProgramRun) -> Result<T
     Ok(TransformerConfig {
         vocab_size: PROGRAM_VOCAB_SIZE,
         n_out: p.modulus as usize,
-        max_len: m.max_positions,
-        d_model: m.hidden,
-        n_layers: m.layers,
-        n_heads: m.heads,
-        d_ff: m.ffn,
-        causal: false,
-        norm: NormPlacement::Pre,
-        activation: Activation::Gelu,
-        dropout: m.dropout,
-        positions: Positions::Learned,
-        tie_embeddings: false,
-        share_layers: false,
-        fixed_heads: 0,
         qkv_conv: run.qkv_conv,
-        ..Default::default()
+        ..encoder_config(m)
     })
 }
 

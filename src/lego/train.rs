@@ -136,6 +136,16 @@ pub fn transformer_config(m: &ModelConfig, run: &LegoRun) -> TransformerConfig {
     TransformerConfig {
         vocab_size: VOCAB_SIZE,
         n_out: 1,
+        share_layers: run.arch == Arch::Albert,
+        fixed_heads: run.fixed(),
+        qkv_conv: run.qkv_conv,
+        ..encoder_config(m)
+    }
+}
+
+/// The encoder shared by the LEGO and program models, before vocabulary, outputs and variants.
+pub fn encoder_config(m: &ModelConfig) -> TransformerConfig {
+    TransformerConfig {
         max_len: m.max_positions,
         d_model: m.hidden,
         n_layers: m.layers,
@@ -147,9 +157,6 @@ pub fn transformer_config(m: &ModelConfig, run: &LegoRun) -> TransformerConfig {
         dropout: m.dropout,
         positions: Positions::Learned,
         tie_embeddings: false,
-        share_layers: run.arch == Arch::Albert,
-        fixed_heads: run.fixed(),
-        qkv_conv: run.qkv_conv,
         ..Default::default()
     }
 }
