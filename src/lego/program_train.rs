@@ -6,10 +6,10 @@
 
 use crate::lego::config::{Preset, ProgramTaskConfig, Schedule as CfgSchedule};
 use crate::lego::program::{sample_programs, Program, ProgramBatch, PROGRAM_VOCAB_SIZE};
-use crate::lego::train::{encoder_config, resume_checkpoint, Checkpointing};
+use crate::lego::train::{encoder_config, resume_checkpoint, save_run_checkpoint, Checkpointing};
 use crate::nn::{num_params, AttnMask, FlopCount, ForwardOpts, Transformer, TransformerConfig};
 use crate::rng::{stream, Rng};
-use crate::train::{backward_step, save_checkpoint, OptimConfig, OptimKind, Optimizer, Schedule};
+use crate::train::{backward_step, OptimConfig, OptimKind, Optimizer, Schedule};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -275,13 +275,7 @@ pub fn train_program_run(
             extra.step_in_epoch = si + 1;
             if let (Some(c), Some(p)) = (ckpt, path.as_ref()) {
                 if (c.stop)() && extra.step_in_epoch < steps_per_epoch {
-                    save_checkpoint(
-                        p,
-                        &varmap,
-                        &opt,
-                        &[("shuffle", &epoch_rng)],
-                        &serde_json::to_string(&extra)?,
-                    )?;
+                    save_run_checkpoint(p, &varmap, &opt, &epoch_rng, &extra)?;
                     return Ok(None);
                 }
             }
@@ -302,13 +296,7 @@ pub fn train_program_run(
         extra.step_in_epoch = 0;
         extra.epoch_loss_sum = 0.0;
         if let (Some(c), Some(p)) = (ckpt, path.as_ref()) {
-            save_checkpoint(
-                p,
-                &varmap,
-                &opt,
-                &[("shuffle", &shuffle_rng)],
-                &serde_json::to_string(&extra)?,
-            )?;
+            save_run_checkpoint(p, &varmap, &opt, &shuffle_rng, &extra)?;
             if (c.stop)() && !done {
                 return Ok(None);
             }

@@ -393,6 +393,27 @@ fn optim(lr: f64, schedule: CfgSchedule, total_steps: u64) -> OptimConfig {
     }
 }
 
+/// Name of the shuffle RNG in a LEGO or program checkpoint.
+const SHUFFLE_RNG: &str = "shuffle";
+
+/// Saves a run's parameters, optimiser, shuffle RNG and metadata; read back by
+/// [`resume_checkpoint`].
+pub(crate) fn save_run_checkpoint<E: Serialize>(
+    path: &std::path::Path,
+    varmap: &VarMap,
+    opt: &Optimizer,
+    shuffle: &Rng,
+    extra: &E,
+) -> Result<()> {
+    save_checkpoint(
+        path,
+        varmap,
+        opt,
+        &[(SHUFFLE_RNG, shuffle)],
+        &serde_json::to_string(extra)?,
+    )
+}
+
 /// Restores the optimiser and parameters from the checkpoint at `path` and returns its metadata
 /// and shuffle RNG, refusing a checkpoint written by another run (`run_of(meta) != run_json`).
 pub(crate) fn resume_checkpoint<E: serde::de::DeserializeOwned>(
@@ -413,7 +434,7 @@ pub(crate) fn resume_checkpoint<E: serde::de::DeserializeOwned>(
     }
     let rng = r
         .rngs
-        .get("shuffle")
+        .get(SHUFFLE_RNG)
         .cloned()
         .context("checkpoint lacks the shuffle rng")?;
     Ok((extra, rng))
@@ -624,13 +645,7 @@ pub fn train_run(
             extra.step_in_epoch = si + 1;
             if let (Some(c), Some(p)) = (ckpt, train_path.as_ref()) {
                 if (c.stop)() && extra.step_in_epoch < steps_per_epoch {
-                    save_checkpoint(
-                        p,
-                        &lm.varmap,
-                        &opt,
-                        &[("shuffle", &epoch_rng)],
-                        &serde_json::to_string(&extra)?,
-                    )?;
+                    save_run_checkpoint(p, &lm.varmap, &opt, &epoch_rng, &extra)?;
                     return Ok(None);
                 }
             }
@@ -653,13 +668,7 @@ pub fn train_run(
         extra.step_in_epoch = 0;
         extra.epoch_loss_sum = 0.0;
         if let (Some(c), Some(p)) = (ckpt, train_path.as_ref()) {
-            save_checkpoint(
-                p,
-                &lm.varmap,
-                &opt,
-                &[("shuffle", &shuffle_rng)],
-                &serde_json::to_string(&extra)?,
-            )?;
+            save_run_checkpoint(p, &lm.varmap, &opt, &shuffle_rng, &extra)?;
             if (c.stop)() && !done {
                 return Ok(None);
             }
