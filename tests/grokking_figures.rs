@@ -289,3 +289,39 @@ fn a_config_without_the_requested_preset_is_named_in_the_error() {
     .unwrap();
     assert!(e.tiny.is_none() && e.preset("cpu").is_ok() && e.preset("tiny").is_err());
 }
+
+#[test]
+fn grok_onset_is_the_first_saturation_and_the_first_crossing_after_it() {
+    use attnlab::grokking::train::{EvalRow, GrokOnset};
+    let row = |step: usize, ind: f64, gen: f64| EvalRow {
+        step,
+        train_loss: 1.0,
+        in_domain_acc: ind,
+        gen_acc: gen,
+        weight_norm: 1.0,
+        sparsity: -1.0,
+        tscore: 0.0,
+        tparseval: f64::NAN,
+        tparseval_right_branching: f64::NAN,
+    };
+    // Generalisation touches 0.85 before saturation (does not count), saturates at 0.95 on step
+    // 200 with 0.5, dips, and crosses 0.8 again at step 500.
+    let curve = [
+        row(0, 0.3, 0.85),
+        row(100, 0.94, 0.6),
+        row(200, 0.95, 0.5),
+        row(300, 1.0, 0.2),
+        row(400, 0.9, 0.79),
+        row(500, 1.0, 0.8),
+        row(600, 1.0, 0.9),
+    ];
+    let o = GrokOnset::of(&curve, 0.8).unwrap();
+    assert_eq!((o.saturated_at, o.gen_at_saturation), (200, 0.5));
+    assert_eq!((o.grokked_at, o.delay()), (Some(500), Some(300)));
+    assert_eq!(
+        GrokOnset::of(&curve[..5], 0.8).unwrap().grokked_at,
+        None,
+        "never crosses after saturation"
+    );
+    assert!(GrokOnset::of(&curve[..2], 0.8).is_none(), "never saturates");
+}

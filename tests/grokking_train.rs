@@ -153,6 +153,24 @@ fn stopped_run_resumes_to_identical_metrics() {
     .unwrap();
     assert!(!first.completed);
     assert!(first.curve.len() < full.curve.len());
+    // The checkpoint belongs to this learning rate: another one is refused, not mixed in.
+    let mut other_lr = p.clone();
+    other_lr.optim.lr *= 0.5;
+    let err = train_run(
+        Task::Dyck,
+        &other_lr,
+        &data,
+        2,
+        7,
+        &RunOpts {
+            out_dir: dir.clone(),
+            stop: &never,
+            steps: Some(30),
+        },
+    )
+    .err()
+    .expect("resuming under another learning rate must fail");
+    assert!(format!("{err:#}").contains("another run config"), "{err:#}");
     let resumed = train_run(
         Task::Dyck,
         &p,

@@ -15,7 +15,7 @@
 //! checkpoint; finished runs are only read), then plots their `metrics.csv`.
 
 use super::config::{GrokkingExperiment, Preset, Task};
-use super::train::{self, EvalRow};
+use super::train::{self, EvalRow, GrokOnset, IN_DOMAIN_SATURATION};
 use crate::figures::{Figure, FigureContext, FigureOutput};
 use crate::plot::{Chart, Corner, Mark, Series, COLORS};
 use anyhow::{bail, Context, Result};
@@ -202,11 +202,33 @@ impl TaskRuns {
                 })
             })
             .collect();
+        let thr = self.preset.eval.grok_threshold;
+        let per_run: Vec<serde_json::Value> = self
+            .runs
+            .iter()
+            .map(|r| {
+                let onset = GrokOnset::of(&r.rows, thr);
+                json!({
+                    "depth": r.depth,
+                    "seed": r.seed,
+                    "early_stop_step": r.early_stop().map(|e| e.step),
+                    "gen_at_early_stop": r.early_stop().map(|e| e.gen_acc),
+                    "max_gen": r.rows.iter().map(|e| e.gen_acc).fold(f64::NAN, f64::max),
+                    "final_in_domain": r.rows.last().map(|e| e.in_domain_acc),
+                    "final_gen": r.rows.last().map(|e| e.gen_acc),
+                    "saturated_at": onset.as_ref().map(|o| o.saturated_at),
+                    "gen_at_saturation": onset.as_ref().map(|o| o.gen_at_saturation),
+                    "grokked_at": onset.as_ref().and_then(|o| o.grokked_at),
+                })
+            })
+            .collect();
         json!({
             "task": format!("{:?}", self.exp.task).to_lowercase(),
-            "grok_threshold": self.preset.eval.grok_threshold,
+            "grok_threshold": thr,
+            "in_domain_saturation": IN_DOMAIN_SATURATION,
             "steps": self.preset.train.steps,
             "per_depth": per_depth,
+            "per_run": per_run,
             "best_depth": self.best_depth(),
         })
     }

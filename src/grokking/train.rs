@@ -313,6 +313,42 @@ impl RunResult {
     }
 }
 
+/// In-domain accuracy at which a run counts as saturated (the paper: "near-perfect").
+pub const IN_DOMAIN_SATURATION: f64 = 0.95;
+
+/// When a run saturated in domain and when it first generalised: structural grokking is
+/// `gen_at_saturation < threshold` with `grokked_at` well after `saturated_at`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GrokOnset {
+    /// First evaluation with in-domain accuracy >= [`IN_DOMAIN_SATURATION`].
+    pub saturated_at: usize,
+    pub gen_at_saturation: f64,
+    /// First evaluation at or after `saturated_at` with generalisation >= the threshold.
+    pub grokked_at: Option<usize>,
+}
+
+impl GrokOnset {
+    /// `None` when in-domain accuracy never saturates.
+    pub fn of(curve: &[EvalRow], threshold: f64) -> Option<Self> {
+        let sat = curve
+            .iter()
+            .position(|r| r.in_domain_acc >= IN_DOMAIN_SATURATION)?;
+        Some(Self {
+            saturated_at: curve[sat].step,
+            gen_at_saturation: curve[sat].gen_acc,
+            grokked_at: curve[sat..]
+                .iter()
+                .find(|r| r.gen_acc >= threshold)
+                .map(|r| r.step),
+        })
+    }
+
+    /// Steps from saturation to generalisation (`None` if it never generalised).
+    pub fn delay(&self) -> Option<usize> {
+        self.grokked_at.map(|g| g - self.saturated_at)
+    }
+}
+
 /// Where a run keeps its files and when it stops.
 pub struct RunOpts<'a> {
     pub out_dir: PathBuf,
@@ -700,7 +736,19 @@ pub fn train_run(
     let mut opt = Optimizer::new(optim_config(preset), &vm)?;
     let mut data_rng = stream(seed, 100);
     let mut drop_rng = stream(seed, 101);
-    let config_json = serde_json::to_string(&(format!("{task:?}"), &cfg, depth, seed, steps))?;
+    // Data, optimiser and evaluation settings are part of a run's identity too: a checkpoint
+    // trained with another learning rate must not be resumed under this one.
+    let settings = format!(
+        "{:?}",
+        (
+            &preset.data,
+            &preset.optim,
+            preset.train.batch,
+            &preset.eval
+        )
+    );
+    let config_json =
+        serde_json::to_string(&(format!("{task:?}"), &cfg, depth, seed, steps, settings))?;
     let mut curve: Vec<EvalRow> = Vec::new();
     let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
     std::fs::create_dir_all(&opts.out_dir)
