@@ -17,13 +17,14 @@ use attnlab::grokking::grammar::{
 use attnlab::grokking::tree::BinaryTree;
 use attnlab::grokking::tree_projection::{
     context_free_additive_mask, context_free_key_mask, context_free_mask, cosine_similarity,
-    expected_random_tree_score, mean_tscore, project_tree, sci_chart, tparseval, tree_score,
-    tscore_exact, tscore_one_split_estimate,
+    expected_random_tree_score, mean_tscore, project_tree, project_tree_optimal, sci_chart,
+    tparseval, tree_score, tscore_exact, tscore_one_split_estimate, tscore_optimal_tree,
 };
 use attnlab::grokking::SplitSizes;
 use attnlab::rng::seeded;
 use ndarray::Array2;
 use proptest::prelude::*;
+use rand::Rng;
 use std::collections::HashSet;
 
 /// `|observed - p| <= 4 standard errors` of a proportion from `n` draws.
@@ -466,6 +467,58 @@ proptest! {
         let f = tparseval(std::slice::from_ref(&tree), std::slice::from_ref(&tree));
         prop_assert!((f.f1 - 1.0).abs() < 1e-12);
     }
+}
+
+/// Every binary tree over the words `i..=j`.
+fn all_trees(i: usize, j: usize) -> Vec<BinaryTree> {
+    if i == j {
+        return vec![BinaryTree::Leaf(i)];
+    }
+    let mut out = Vec::new();
+    for k in i..j {
+        for l in all_trees(i, k) {
+            for r in all_trees(k + 1, j) {
+                out.push(BinaryTree::node(l.clone(), r));
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn optimal_projection_is_the_best_of_all_trees(seed in 0u64..1_000_000, n in 1usize..8) {
+        let mut rng = seeded(seed);
+        let chart = Array2::from_shape_fn((n, n), |_| rng.gen_range(-1.0..1.0));
+        let best = all_trees(0, n - 1)
+            .iter()
+            .map(|t| tree_score(&chart, t))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let opt = project_tree_optimal(&chart);
+        prop_assert!((opt.score - best).abs() < 1e-12, "{} vs {best}", opt.score);
+        prop_assert!((tree_score(&chart, &opt.tree) - opt.score).abs() < 1e-12);
+        prop_assert!(project_tree(&chart).score <= opt.score + 1e-12);
+        prop_assert!(tscore_optimal_tree(&chart) >= -1e-12);
+        prop_assert!(tscore_optimal_tree(&chart) >= tscore_exact(&chart) - 1e-12);
+    }
+}
+
+#[test]
+fn greedy_projection_can_miss_the_best_tree() {
+    // Words score 0. The root split after word 0 looks best on its own (chart(1,3) = 1 > 0.9)
+    // but leaves only bad inner spans; ((0 1) 2) 3 collects 0.9 + 0.9.
+    let mut chart = Array2::zeros((4, 4));
+    chart[[1, 3]] = 1.0;
+    chart[[1, 2]] = -1.0;
+    chart[[2, 3]] = -1.0;
+    chart[[0, 2]] = 0.9;
+    chart[[0, 1]] = 0.9;
+    let greedy = project_tree(&chart);
+    let opt = project_tree_optimal(&chart);
+    assert!((greedy.score - 0.0).abs() < 1e-12, "{}", greedy.score);
+    assert!((opt.score - 1.8).abs() < 1e-12, "{}", opt.score);
+    assert_eq!(opt.tree.brackets(), vec![(0, 1), (0, 2), (0, 3)]);
 }
 
 #[test]

@@ -3,7 +3,8 @@
 
 use attnlab::grokking::config::{GrokkingExperiment, Preset, Task};
 use attnlab::grokking::train::{
-    attention_sparsity, context_free_states, model_config, train_run, RunData, RunOpts,
+    attention_sparsity, context_free_states, load_run_model, model_config, projection_check,
+    train_run, RunData, RunOpts,
 };
 use attnlab::nn::{ForwardOpts, Transformer};
 use candle_core::{DType, Device, Tensor};
@@ -231,5 +232,46 @@ fn tiny_decoder_learns_tiny_dyck() {
     assert!(
         first < 0.7,
         "untrained accuracy {first} should be near chance"
+    );
+}
+
+#[test]
+fn causal_prefix_spans_have_sci_one_and_the_optimal_tree_outscores_the_greedy_one() {
+    // In a causal LM a span starting at the first word sees nothing outside itself but the start
+    // token, with or without the context-free mask: its SCI is 1, so the whole-tree optimum
+    // collects a 1 at every left-spine node; the greedy top-down projection does not.
+    let p = tiny_dyck();
+    let data = RunData::new(Task::Dyck, &p).unwrap();
+    let dir = std::env::temp_dir().join(format!("attnlab_grok_proj_{}", std::process::id()));
+    let never = || false;
+    train_run(
+        Task::Dyck,
+        &p,
+        &data,
+        2,
+        3,
+        &RunOpts {
+            out_dir: dir.clone(),
+            stop: &never,
+            steps: Some(20),
+        },
+    )
+    .unwrap();
+    let (model, step) = load_run_model(&p, &data, 2, 3, &dir).unwrap();
+    assert_eq!(step, 20);
+    let c = projection_check(&model, &data, 30).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(c.sentences, 30);
+    assert!((c.left_anchored_sci - 1.0).abs() < 1e-5, "{c:?}");
+    assert!(c.tscore_optimal >= c.tscore_greedy - 1e-9, "{c:?}");
+    assert!(
+        c.tscore_optimal > 0.0 && c.tscore_code_estimate >= 0.0,
+        "{c:?}"
+    );
+    assert!(c.tparseval_greedy.is_nan(), "Dyck has no gold trees");
+    let err = load_run_model(&p, &data, 2, 3, &dir).err().unwrap();
+    assert!(
+        format!("{err:#}").contains("train the run first"),
+        "{err:#}"
     );
 }

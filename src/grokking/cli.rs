@@ -27,6 +27,8 @@ pub enum GrokkingCmd {
     Sample(SampleArgs),
     /// Train the depth sweep (or one depth / seed) of an experiment, writing a metrics CSV per run.
     Train(TrainArgs),
+    /// Greedy vs optimal tree projection on trained runs' final checkpoints.
+    Project(ProjectArgs),
     /// Parse and validate experiment configs (default: every file in experiments/grokking/).
     CheckConfigs {
         /// Files to check.
@@ -99,6 +101,7 @@ pub fn run(a: GrokkingArgs) -> Result<()> {
         GrokkingCmd::Sample(s) => sample(&s),
         GrokkingCmd::CheckConfigs { files } => check_configs(files),
         GrokkingCmd::Train(t) => train(&t),
+        GrokkingCmd::Project(p) => project(&p),
     }
 }
 
@@ -130,6 +133,53 @@ pub struct TrainArgs {
     /// Print one JSON summary per run instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProjectArgs {
+    /// Experiment file (experiments/grokking/<task>.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub preset: PresetArg,
+    /// Only this depth (default: every depth of the preset).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Only this seed (default: seeds 0..preset.seeds).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Root of the run directories, as given to `train --out`.
+    #[arg(long, default_value = "runs/grokking")]
+    pub out: PathBuf,
+    /// Training sentences (2-10 words) to project.
+    #[arg(long, default_value_t = 200)]
+    pub sentences: usize,
+}
+
+fn project(a: &ProjectArgs) -> Result<()> {
+    use super::train::{load_run_model, projection_check, run_dir, RunData};
+    let e = GrokkingExperiment::load(&a.config)?;
+    let (name, preset) = match a.preset {
+        PresetArg::Cpu => ("cpu", &e.cpu),
+        PresetArg::Paper => ("paper", &e.paper),
+    };
+    let data = RunData::new(e.task, preset)?;
+    for depth in a.depth.map_or_else(|| preset.depths.clone(), |d| vec![d]) {
+        for seed in a
+            .seed
+            .map_or_else(|| (0..preset.seeds as u64).collect(), |s| vec![s])
+        {
+            let dir = run_dir(&a.out, e.task, name, depth, seed);
+            let (model, step) = load_run_model(preset, &data, depth, seed, &dir)?;
+            let c = projection_check(&model, &data, a.sentences)?;
+            let mut v = serde_json::to_value(&c)?;
+            v["depth"] = json!(depth);
+            v["seed"] = json!(seed);
+            v["step"] = json!(step);
+            println!("{v}");
+        }
+    }
+    Ok(())
 }
 
 fn train(a: &TrainArgs) -> Result<()> {

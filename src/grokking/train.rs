@@ -22,7 +22,8 @@ use super::grammar::{
 use super::internals::{weight_norm, AttentionSparsity};
 use super::tree::BinaryTree;
 use super::tree_projection::{
-    context_free_mask, cosine_similarity, project_tree, sci_chart, tparseval, tscore_exact,
+    context_free_mask, cosine_similarity, project_tree, project_tree_optimal, sci_chart, tparseval,
+    tscore_exact, tscore_one_split_estimate, tscore_optimal_tree,
 };
 use super::SplitSizes;
 use crate::nn::{self, AttnMask, ForwardOpts, Transformer, TransformerConfig};
@@ -612,26 +613,21 @@ pub fn sentence_chart(model: &Transformer, words: &[u32], bos: u32) -> Result<Ar
     Ok(sci_chart(n, |i, j| sci[&(i, j)]))
 }
 
-/// Tree-projection sentences: the first [`TREE_SENTENCES`] training sentences of 2 to
-/// [`TREE_MAX_WORDS`] words, with gold trees for QF / TI.
-fn tree_sentences(data: &RunData) -> Result<Vec<(Vec<u32>, Option<BinaryTree>)>> {
+/// Tree-projection sentences: the first `count` training sentences of 2 to [`TREE_MAX_WORDS`]
+/// words, with gold trees for QF / TI.
+fn tree_sentences(data: &RunData, count: usize) -> Result<Vec<(Vec<u32>, Option<BinaryTree>)>> {
     let ok = |n: usize| (2..=TREE_MAX_WORDS).contains(&n);
     Ok(match (&data.dyck, &data.grammar) {
         (Some(s), _) => s
             .train
             .iter()
             .filter(|s| ok(s.len()))
-            .take(TREE_SENTENCES)
+            .take(count)
             .map(|s| (s.iter().map(|&t| t as u32).collect(), None))
             .collect(),
         (_, Some((s, v))) => {
             let mut out = Vec::new();
-            for e in s
-                .train
-                .iter()
-                .filter(|e| ok(e.input.len()))
-                .take(TREE_SENTENCES)
-            {
+            for e in s.train.iter().filter(|e| ok(e.input.len())).take(count) {
                 let ids = v.encode(&e.input)?.into_iter().map(|i| i as u32).collect();
                 out.push((ids, Some(e.tree.clone())));
             }
@@ -642,7 +638,7 @@ fn tree_sentences(data: &RunData) -> Result<Vec<(Vec<u32>, Option<BinaryTree>)>>
 }
 
 fn tree_metrics(model: &Transformer, data: &RunData) -> Result<(f64, f64, f64)> {
-    let sents = tree_sentences(data)?;
+    let sents = tree_sentences(data, TREE_SENTENCES)?;
     let (mut ts, mut pred, mut gold, mut rb) = (0.0, Vec::new(), Vec::new(), Vec::new());
     for (w, g) in &sents {
         let chart = sentence_chart(model, w, data.bos)?;
@@ -660,6 +656,112 @@ fn tree_metrics(model: &Transformer, data: &RunData) -> Result<(f64, f64, f64)> 
         (tparseval(&pred, &gold).f1, tparseval(&rb, &gold).f1)
     };
     Ok((ts / n, tp, trb))
+}
+
+/// The greedy tree projection (the paper's, used in the curves) against the tree that maximises
+/// the whole-tree SCI score, on one trained model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectionCheck {
+    pub sentences: usize,
+    pub tscore_greedy: f64,
+    pub tscore_optimal: f64,
+    /// Fraction of sentences whose greedy tree scores below a random tree's expectation.
+    pub greedy_below_random: f64,
+    /// Fraction of sentences whose greedy tree is the optimal one.
+    pub greedy_is_optimal: f64,
+    /// The official code's per-node estimate (`tree_projection(..., normalize=True)`).
+    pub tscore_code_estimate: f64,
+    /// Mean SCI of the spans that start at the first word: 1 in a causal LM, whose prefix spans
+    /// see no more context in the sentence than under the context-free mask.
+    pub left_anchored_sci: f64,
+    /// NaN for Dyck (no gold trees).
+    pub tparseval_greedy: f64,
+    pub tparseval_optimal: f64,
+    pub tparseval_right_branching: f64,
+}
+
+/// [`ProjectionCheck`] of `model` on the first `count` tree-projection sentences.
+pub fn projection_check(
+    model: &Transformer,
+    data: &RunData,
+    count: usize,
+) -> Result<ProjectionCheck> {
+    let sents = tree_sentences(data, count)?;
+    let n = sents.len().max(1) as f64;
+    let (mut tg, mut to, mut below, mut same) = (0.0, 0.0, 0usize, 0usize);
+    let (mut code, mut left, mut left_n) = (0.0, 0.0, 0usize);
+    let mut rng = stream(0, 102);
+    let (mut greedy, mut optimal, mut gold, mut rb) = (vec![], vec![], vec![], vec![]);
+    for (w, g) in &sents {
+        let chart = sentence_chart(model, w, data.bos)?;
+        let (pg, po) = (project_tree(&chart), project_tree_optimal(&chart));
+        let t = tscore_exact(&chart);
+        tg += t;
+        to += tscore_optimal_tree(&chart);
+        code += tscore_one_split_estimate(&chart, &mut rng);
+        for j in 1..w.len() {
+            left += chart[[0, j]];
+            left_n += 1;
+        }
+        below += usize::from(t < 0.0);
+        same += usize::from(pg.tree == po.tree);
+        if let Some(g) = g {
+            greedy.push(pg.tree);
+            optimal.push(po.tree);
+            gold.push(g.clone());
+            rb.push(BinaryTree::right_branching(w.len()));
+        }
+    }
+    let f1 = |pred: &[BinaryTree]| {
+        if gold.is_empty() {
+            f64::NAN
+        } else {
+            tparseval(pred, &gold).f1
+        }
+    };
+    Ok(ProjectionCheck {
+        sentences: sents.len(),
+        tscore_greedy: tg / n,
+        tscore_optimal: to / n,
+        greedy_below_random: below as f64 / n,
+        greedy_is_optimal: same as f64 / n,
+        tscore_code_estimate: code / n,
+        left_anchored_sci: left / left_n.max(1) as f64,
+        tparseval_greedy: f1(&greedy),
+        tparseval_optimal: f1(&optimal),
+        tparseval_right_branching: f1(&rb),
+    })
+}
+
+/// Loads the model of the run in `dir` (its `checkpoint.safetensors`, written at the last
+/// evaluation) for depth `depth` and seed `seed` of `preset`.
+pub fn load_run_model(
+    preset: &Preset,
+    data: &RunData,
+    depth: usize,
+    seed: u64,
+    dir: &Path,
+) -> Result<(Transformer, usize)> {
+    let ck = dir.join("checkpoint.safetensors");
+    if !ck.exists() {
+        anyhow::bail!(
+            "no checkpoint `{}`: train the run first (`attnlab grokking train` with the same config, depth and seed)",
+            ck.display()
+        );
+    }
+    let cfg = model_config(preset, depth, data);
+    let (model, vm) = Transformer::build(&cfg, seed, DType::F32, &Device::Cpu)?;
+    let mut opt = Optimizer::new(optim_config(preset), &vm)?;
+    let r = tr::load_checkpoint(&ck, &vm, &mut opt)
+        .with_context(|| format!("loading `{}` as depth {depth}", ck.display()))?;
+    let extra: Extra = serde_json::from_str(&r.extra)
+        .with_context(|| format!("checkpoint `{}` is damaged", ck.display()))?;
+    let step = extra
+        .curve
+        .last()
+        .and_then(|v| v.first().copied().flatten())
+        .map_or(0, |s| s as usize);
+    Ok((model, step))
 }
 
 /// Every measure at one evaluation step.

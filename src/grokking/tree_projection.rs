@@ -14,7 +14,8 @@
 //!
 //! **Projection.** Top-down: the span `(i, j)` splits at the `k` in `i..j` maximising
 //! `chart[[i, k]] + chart[[k + 1, j]]` (first maximum on ties, as the code's strict `>`), then
-//! each half recursively. This greedy tree need not maximise `S(T)`.
+//! each half recursively. This greedy tree need not maximise `S(T)`; [`project_tree_optimal`]
+//! finds the tree that does, as a check.
 //!
 //! **tscore.** `S(T_proj) - E_T[S(T)]` for `T` drawn by uniformly random split points:
 //! [`expected_random_tree_score`] computes the expectation exactly by dynamic programming in
@@ -85,6 +86,46 @@ fn project_span(chart: &Array2<f64>, i: usize, j: usize) -> ProjectedTree {
         tree: BinaryTree::node(l.tree, r.tree),
         score: v + l.score + r.score,
     }
+}
+
+/// The tree maximising `S(T)` over every binary tree (CKY over split points, `O(n^3)`; first
+/// maximum on ties). Not the paper's projection: the check on the greedy one, since
+/// `S(T_opt) >= E_T[S(T)]` always while the greedy tree can score below a random one.
+pub fn project_tree_optimal(chart: &Array2<f64>) -> ProjectedTree {
+    let n = check_chart(chart);
+    // best[[i, j]]: max over trees of span (i, j) of the chart summed over its non-root nodes.
+    let mut best = Array2::<f64>::zeros((n, n));
+    let mut split = Array2::<usize>::zeros((n, n));
+    for len in 2..=n {
+        for i in 0..=n - len {
+            let j = i + len - 1;
+            let mut b = (i, f64::NEG_INFINITY);
+            for k in i..j {
+                let v = split_value(chart, i, k, j) + best[[i, k]] + best[[k + 1, j]];
+                if v > b.1 {
+                    b = (k, v);
+                }
+            }
+            split[[i, j]] = b.0;
+            best[[i, j]] = b.1;
+        }
+    }
+    fn build(split: &Array2<usize>, i: usize, j: usize) -> BinaryTree {
+        if i == j {
+            return BinaryTree::Leaf(i);
+        }
+        let k = split[[i, j]];
+        BinaryTree::node(build(split, i, k), build(split, k + 1, j))
+    }
+    ProjectedTree {
+        tree: build(&split, 0, n - 1),
+        score: best[[0, n - 1]],
+    }
+}
+
+/// [`tscore_exact`] with the optimal tree in place of the greedy projection; never negative.
+pub fn tscore_optimal_tree(chart: &Array2<f64>) -> f64 {
+    project_tree_optimal(chart).score - expected_random_tree_score(chart)
 }
 
 /// `S(T)`: the chart summed over every node of `tree` except the root (words included).
