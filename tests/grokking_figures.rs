@@ -318,6 +318,10 @@ fn grok_onset_is_the_first_saturation_and_the_first_crossing_after_it() {
     let o = GrokOnset::of(&curve, 0.8).unwrap();
     assert_eq!((o.saturated_at, o.gen_at_saturation), (200, 0.5));
     assert_eq!((o.grokked_at, o.delay()), (Some(500), Some(300)));
+    assert!(o.is_structural(), "500 >= 2 x 200");
+    let late_sat = GrokOnset::of(&curve[3..], 0.8).unwrap();
+    assert_eq!(late_sat.saturated_at, 300);
+    assert!(!late_sat.is_structural(), "500 < 2 x 300");
     assert_eq!(
         GrokOnset::of(&curve[..5], 0.8).unwrap().grokked_at,
         None,

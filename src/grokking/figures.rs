@@ -219,6 +219,7 @@ impl TaskRuns {
                     "saturated_at": onset.as_ref().map(|o| o.saturated_at),
                     "gen_at_saturation": onset.as_ref().map(|o| o.gen_at_saturation),
                     "grokked_at": onset.as_ref().and_then(|o| o.grokked_at),
+                    "structural_grokking": onset.as_ref().is_some_and(GrokOnset::is_structural),
                 })
             })
             .collect();

@@ -348,6 +348,13 @@ impl GrokOnset {
     pub fn delay(&self) -> Option<usize> {
         self.grokked_at.map(|g| g - self.saturated_at)
     }
+
+    /// Structural grokking: generalisation crosses the threshold after saturation, at no less
+    /// than twice the saturation step (at least one doubling later on the paper's log-step axis).
+    pub fn is_structural(&self) -> bool {
+        self.grokked_at
+            .is_some_and(|g| g > self.saturated_at && g >= 2 * self.saturated_at)
+    }
 }
 
 /// Where a run keeps its files and when it stops.
