@@ -169,8 +169,7 @@ fn stopped_run_resumes_to_identical_metrics() {
             steps: Some(30),
         },
     )
-    .err()
-    .expect("resuming under another learning rate must fail");
+    .expect_err("resuming under another learning rate must fail");
     assert!(format!("{err:#}").contains("another run config"), "{err:#}");
     let resumed = train_run(
         Task::Dyck,
