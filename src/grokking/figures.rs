@@ -62,7 +62,7 @@ pub fn registered() -> Vec<Figure> {
         });
         v.push(Figure {
             name: frac,
-            what: "fraction of seeds that grok (final generalisation >= threshold) vs depth, and generalisation at the early stop vs at the end.",
+            what: "fraction of seeds that grok (generalisation reaches the threshold at some evaluation) vs depth, and generalisation at the early stop vs at the end.",
             compute: grok_fraction_figure,
             config: Some(config),
             check,
