@@ -1,7 +1,7 @@
 //! Structural grokking on a real trained model (Murty et al. 2023): in-domain accuracy saturates
 //! while generalisation is still below the grokking threshold, and generalisation crosses it
 //! only long afterwards: at twice the saturation step or later (`GrokOnset::is_structural`).
-//! They train CPU presets for 6,000 steps (10-20 minutes each on one core), so they are ignored
+//! They train CPU presets for 6,000 steps (both together: 9 minutes on 2 cores), so they are ignored
 //! by default:
 //!
 //! ```sh
@@ -56,13 +56,13 @@ fn assert_structural_grokking(config: &str, task: Task, depth: usize) {
 }
 
 #[test]
-#[ignore = "trains the Dyck CPU preset for 6,000 steps (about 20 minutes)"]
+#[ignore = "trains the Dyck CPU preset for 6,000 steps (about 9 minutes)"]
 fn dyck_depth4_generalises_long_after_in_domain_saturates() {
     assert_structural_grokking("experiments/grokking/dyck.toml", Task::Dyck, 4);
 }
 
 #[test]
-#[ignore = "trains the question-formation CPU preset for 6,000 steps (about 10 minutes)"]
+#[ignore = "trains the question-formation CPU preset for 6,000 steps (about 3 minutes)"]
 fn question_formation_depth4_generalises_long_after_in_domain_saturates() {
     assert_structural_grokking("experiments/grokking/question_formation.toml", Task::Qf, 4);
 }

@@ -4,7 +4,7 @@
 use attnlab::grokking::config::{GrokkingExperiment, Preset, Task};
 use attnlab::grokking::train::{
     attention_sparsity, context_free_states, load_run_model, model_config, projection_check,
-    train_run, RunData, RunOpts,
+    train_run, RunData, RunOpts, RunResult,
 };
 use attnlab::nn::{ForwardOpts, Transformer};
 use candle_core::{DType, Device, Tensor};
@@ -31,6 +31,29 @@ fn tiny_dyck() -> Preset {
     p.eval.train_examples = 8;
     p.eval.min_dist = Some(0);
     p
+}
+
+/// Trains `p` at depth 2 on Dyck for `steps` steps into `dir`.
+fn train_tiny(
+    p: &Preset,
+    data: &RunData,
+    seed: u64,
+    dir: std::path::PathBuf,
+    stop: &(dyn Fn() -> bool + Sync),
+    steps: usize,
+) -> anyhow::Result<RunResult> {
+    train_run(
+        Task::Dyck,
+        p,
+        data,
+        2,
+        seed,
+        &RunOpts {
+            out_dir: dir,
+            stop,
+            steps: Some(steps),
+        },
+    )
 }
 
 #[test]
@@ -123,67 +146,20 @@ fn stopped_run_resumes_to_identical_metrics() {
     let root = std::env::temp_dir().join(format!("attnlab_grok_resume_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let never = || false;
-    let full = train_run(
-        Task::Dyck,
-        &p,
-        &data,
-        2,
-        7,
-        &RunOpts {
-            out_dir: root.join("full"),
-            stop: &never,
-            steps: Some(30),
-        },
-    )
-    .unwrap();
+    let full = train_tiny(&p, &data, 7, root.join("full"), &never, 30).unwrap();
     let calls = AtomicUsize::new(0);
     let stop_at_13 = || calls.fetch_add(1, Ordering::SeqCst) + 1 == 13;
     let dir = root.join("stopped");
-    let first = train_run(
-        Task::Dyck,
-        &p,
-        &data,
-        2,
-        7,
-        &RunOpts {
-            out_dir: dir.clone(),
-            stop: &stop_at_13,
-            steps: Some(30),
-        },
-    )
-    .unwrap();
+    let first = train_tiny(&p, &data, 7, dir.clone(), &stop_at_13, 30).unwrap();
     assert!(!first.completed);
     assert!(first.curve.len() < full.curve.len());
     // The checkpoint belongs to this learning rate: another one is refused, not mixed in.
     let mut other_lr = p.clone();
     other_lr.optim.lr *= 0.5;
-    let err = train_run(
-        Task::Dyck,
-        &other_lr,
-        &data,
-        2,
-        7,
-        &RunOpts {
-            out_dir: dir.clone(),
-            stop: &never,
-            steps: Some(30),
-        },
-    )
-    .expect_err("resuming under another learning rate must fail");
+    let err = train_tiny(&other_lr, &data, 7, dir.clone(), &never, 30)
+        .expect_err("resuming under another learning rate must fail");
     assert!(format!("{err:#}").contains("another run config"), "{err:#}");
-    let resumed = train_run(
-        Task::Dyck,
-        &p,
-        &data,
-        2,
-        7,
-        &RunOpts {
-            out_dir: dir.clone(),
-            stop: &never,
-            steps: Some(30),
-        },
-    )
-    .unwrap();
+    let resumed = train_tiny(&p, &data, 7, dir.clone(), &never, 30).unwrap();
     assert!(resumed.completed);
     assert_eq!(resumed.curve.len(), 4);
     for (a, b) in full.curve.iter().zip(&resumed.curve) {
@@ -210,19 +186,7 @@ fn tiny_decoder_learns_tiny_dyck() {
     let data = RunData::new(Task::Dyck, &p).unwrap();
     let root = std::env::temp_dir().join(format!("attnlab_grok_learn_{}", std::process::id()));
     let never = || false;
-    let r = train_run(
-        Task::Dyck,
-        &p,
-        &data,
-        2,
-        0,
-        &RunOpts {
-            out_dir: root.clone(),
-            stop: &never,
-            steps: Some(300),
-        },
-    )
-    .unwrap();
+    let r = train_tiny(&p, &data, 0, root.clone(), &never, 300).unwrap();
     let _ = std::fs::remove_dir_all(&root);
     let first = r.curve.first().unwrap().in_domain_acc;
     let last = r.curve.last().unwrap().in_domain_acc;
@@ -243,19 +207,7 @@ fn causal_prefix_spans_have_sci_one_and_the_optimal_tree_outscores_the_greedy_on
     let data = RunData::new(Task::Dyck, &p).unwrap();
     let dir = std::env::temp_dir().join(format!("attnlab_grok_proj_{}", std::process::id()));
     let never = || false;
-    train_run(
-        Task::Dyck,
-        &p,
-        &data,
-        2,
-        3,
-        &RunOpts {
-            out_dir: dir.clone(),
-            stop: &never,
-            steps: Some(20),
-        },
-    )
-    .unwrap();
+    train_tiny(&p, &data, 3, dir.clone(), &never, 20).unwrap();
     let (model, step) = load_run_model(&p, &data, 2, 3, &dir).unwrap();
     assert_eq!(step, 20);
     let c = projection_check(&model, &data, 30).unwrap();
@@ -273,4 +225,33 @@ fn causal_prefix_spans_have_sci_one_and_the_optimal_tree_outscores_the_greedy_on
         format!("{err:#}").contains("train the run first"),
         "{err:#}"
     );
+}
+
+#[test]
+fn project_without_a_trained_run_names_the_missing_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_attnlab"))
+        .args([
+            "grokking",
+            "project",
+            "--config",
+            "experiments/grokking/dyck.toml",
+            "--preset",
+            "cpu",
+            "--depth",
+            "2",
+            "--seed",
+            "0",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("checkpoint.safetensors") && err.contains("train the run first"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }

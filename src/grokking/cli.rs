@@ -111,32 +111,9 @@ pub enum PresetArg {
     Paper,
 }
 
+/// Which runs of an experiment: the config, preset, depth and seed filters and the run root.
 #[derive(clap::Args, Debug)]
-pub struct TrainArgs {
-    /// Experiment file (experiments/grokking/<task>.toml).
-    #[arg(long)]
-    pub config: PathBuf,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub preset: PresetArg,
-    /// Train only this depth (default: every depth of the preset).
-    #[arg(long)]
-    pub depth: Option<usize>,
-    /// Train only this seed (default: seeds 0..preset.seeds).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Override the preset's number of training steps.
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Root of the run directories (<out>/<task>/<preset>/depth<L>_seed<S>/).
-    #[arg(long, default_value = "runs/grokking")]
-    pub out: PathBuf,
-    /// Print one JSON summary per run instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct ProjectArgs {
+pub struct RunSelection {
     /// Experiment file (experiments/grokking/<task>.toml).
     #[arg(long)]
     pub config: PathBuf,
@@ -148,9 +125,61 @@ pub struct ProjectArgs {
     /// Only this seed (default: seeds 0..preset.seeds).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Root of the run directories, as given to `train --out`.
+    /// Root of the run directories (<out>/<task>/<preset>/depth<L>_seed<S>/).
     #[arg(long, default_value = "runs/grokking")]
     pub out: PathBuf,
+}
+
+/// A loaded selection: the task, the preset and its name, and the (depth, seed) pairs in order.
+struct Selected {
+    task: super::config::Task,
+    name: &'static str,
+    preset: super::config::Preset,
+    runs: Vec<(usize, u64)>,
+}
+
+impl RunSelection {
+    fn load(&self) -> Result<Selected> {
+        let exp = GrokkingExperiment::load(&self.config)?;
+        let (name, preset) = match self.preset {
+            PresetArg::Cpu => ("cpu", exp.cpu),
+            PresetArg::Paper => ("paper", exp.paper),
+        };
+        let depths = self
+            .depth
+            .map_or_else(|| preset.depths.clone(), |d| vec![d]);
+        let seeds: Vec<u64> = self
+            .seed
+            .map_or_else(|| (0..preset.seeds as u64).collect(), |s| vec![s]);
+        let runs = depths
+            .iter()
+            .flat_map(|&d| seeds.iter().map(move |&s| (d, s)))
+            .collect();
+        Ok(Selected {
+            task: exp.task,
+            name,
+            preset,
+            runs,
+        })
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub runs: RunSelection,
+    /// Override the preset's number of training steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Print one JSON summary per run instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProjectArgs {
+    #[command(flatten)]
+    pub runs: RunSelection,
     /// Training sentences (2-10 words) to project.
     #[arg(long, default_value_t = 200)]
     pub sentences: usize,
@@ -158,85 +187,63 @@ pub struct ProjectArgs {
 
 fn project(a: &ProjectArgs) -> Result<()> {
     use super::train::{load_run_model, projection_check, run_dir, RunData};
-    let e = GrokkingExperiment::load(&a.config)?;
-    let (name, preset) = match a.preset {
-        PresetArg::Cpu => ("cpu", &e.cpu),
-        PresetArg::Paper => ("paper", &e.paper),
-    };
-    let data = RunData::new(e.task, preset)?;
-    for depth in a.depth.map_or_else(|| preset.depths.clone(), |d| vec![d]) {
-        for seed in a
-            .seed
-            .map_or_else(|| (0..preset.seeds as u64).collect(), |s| vec![s])
-        {
-            let dir = run_dir(&a.out, e.task, name, depth, seed);
-            let (model, step) = load_run_model(preset, &data, depth, seed, &dir)?;
-            let c = projection_check(&model, &data, a.sentences)?;
-            let mut v = serde_json::to_value(&c)?;
-            v["depth"] = json!(depth);
-            v["seed"] = json!(seed);
-            v["step"] = json!(step);
-            println!("{v}");
-        }
+    let sel = a.runs.load()?;
+    let data = RunData::new(sel.task, &sel.preset)?;
+    for &(depth, seed) in &sel.runs {
+        let dir = run_dir(&a.runs.out, sel.task, sel.name, depth, seed);
+        let (model, step) = load_run_model(&sel.preset, &data, depth, seed, &dir)?;
+        let c = projection_check(&model, &data, a.sentences)?;
+        let mut v = serde_json::to_value(&c)?;
+        v["depth"] = json!(depth);
+        v["seed"] = json!(seed);
+        v["step"] = json!(step);
+        println!("{v}");
     }
     Ok(())
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
     use super::train::{run_dir, train_run, RunData, RunOpts};
-    let e = GrokkingExperiment::load(&a.config)?;
-    let (name, preset) = match a.preset {
-        PresetArg::Cpu => ("cpu", &e.cpu),
-        PresetArg::Paper => ("paper", &e.paper),
-    };
-    let depths = match a.depth {
-        Some(d) => vec![d],
-        None => preset.depths.clone(),
-    };
-    let seeds: Vec<u64> = match a.seed {
-        Some(s) => vec![s],
-        None => (0..preset.seeds as u64).collect(),
-    };
-    let data = RunData::new(e.task, preset)?;
-    for &depth in &depths {
-        for &seed in &seeds {
-            let out_dir = run_dir(&a.out, e.task, name, depth, seed);
-            let t0 = std::time::Instant::now();
-            let r = train_run(
-                e.task,
-                preset,
-                &data,
-                depth,
-                seed,
-                &RunOpts {
-                    out_dir: out_dir.clone(),
-                    stop: &crate::interrupt::requested,
-                    steps: a.steps,
-                },
-            )?;
-            if a.json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                let last = r.curve.last();
-                println!(
-                    "depth {depth} seed {seed}: {} in {:.0}s; in-domain {:.3}, gen {:.3}, early stop at {:?} (gen {:.3}), grokked {}; {}",
-                    if r.completed { "done" } else { "interrupted" },
-                    t0.elapsed().as_secs_f64(),
-                    last.map_or(f64::NAN, |l| l.in_domain_acc),
-                    last.map_or(f64::NAN, |l| l.gen_acc),
-                    r.early_stop_step,
-                    r.gen_at_early_stop.unwrap_or(f64::NAN),
-                    r.grokked,
-                    out_dir.join("metrics.csv").display()
-                );
-            }
-            if !r.completed {
-                eprintln!(
-                    "interrupted: state saved in `{}`; rerun the same command to resume",
-                    out_dir.display()
-                );
-                return Ok(());
-            }
+    let sel = a.runs.load()?;
+    let (task, preset) = (sel.task, &sel.preset);
+    let data = RunData::new(task, preset)?;
+    for &(depth, seed) in &sel.runs {
+        let out_dir = run_dir(&a.runs.out, task, sel.name, depth, seed);
+        let t0 = std::time::Instant::now();
+        let r = train_run(
+            task,
+            preset,
+            &data,
+            depth,
+            seed,
+            &RunOpts {
+                out_dir: out_dir.clone(),
+                stop: &crate::interrupt::requested,
+                steps: a.steps,
+            },
+        )?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            let last = r.curve.last();
+            println!(
+                "depth {depth} seed {seed}: {} in {:.0}s; in-domain {:.3}, gen {:.3}, early stop at {:?} (gen {:.3}), grokked {}; {}",
+                if r.completed { "done" } else { "interrupted" },
+                t0.elapsed().as_secs_f64(),
+                last.map_or(f64::NAN, |l| l.in_domain_acc),
+                last.map_or(f64::NAN, |l| l.gen_acc),
+                r.early_stop_step,
+                r.gen_at_early_stop.unwrap_or(f64::NAN),
+                r.grokked,
+                out_dir.join("metrics.csv").display()
+            );
+        }
+        if !r.completed {
+            eprintln!(
+                "interrupted: state saved in `{}`; rerun the same command to resume",
+                out_dir.display()
+            );
+            return Ok(());
         }
     }
     Ok(())
