@@ -314,7 +314,7 @@ impl RunResult {
     }
 }
 
-/// In-domain accuracy at which a run counts as saturated (the paper: "near-perfect").
+/// In-domain accuracy at which a run counts as saturated.
 pub const IN_DOMAIN_SATURATION: f64 = 0.95;
 
 /// When a run saturated in domain and when it first generalised: structural grokking is
@@ -644,25 +644,14 @@ fn tree_sentences(data: &RunData, count: usize) -> Result<Vec<(Vec<u32>, Option<
     })
 }
 
+/// tscore, tparseval and the right-branching baseline on the first [`TREE_SENTENCES`] sentences.
 fn tree_metrics(model: &Transformer, data: &RunData) -> Result<(f64, f64, f64)> {
-    let sents = tree_sentences(data, TREE_SENTENCES)?;
-    let (mut ts, mut pred, mut gold, mut rb) = (0.0, Vec::new(), Vec::new(), Vec::new());
-    for (w, g) in &sents {
-        let chart = sentence_chart(model, w, data.bos)?;
-        ts += tscore_exact(&chart);
-        if let Some(g) = g {
-            pred.push(project_tree(&chart).tree);
-            gold.push(g.clone());
-            rb.push(BinaryTree::right_branching(w.len()));
-        }
-    }
-    let n = sents.len().max(1) as f64;
-    let (tp, trb) = if gold.is_empty() {
-        (f64::NAN, f64::NAN)
-    } else {
-        (tparseval(&pred, &gold).f1, tparseval(&rb, &gold).f1)
-    };
-    Ok((ts / n, tp, trb))
+    let c = projection_check(model, data, TREE_SENTENCES)?;
+    Ok((
+        c.tscore_greedy,
+        c.tparseval_greedy,
+        c.tparseval_right_branching,
+    ))
 }
 
 /// The greedy tree projection (the paper's, used in the curves) against the tree that maximises
