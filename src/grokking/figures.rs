@@ -641,13 +641,7 @@ pub struct RunCurve {
 impl RunCurve {
     /// Step of the best in-domain accuracy (first on ties).
     pub fn early_stop(&self) -> Option<&EvalRow> {
-        let mut best: Option<&EvalRow> = None;
-        for r in &self.rows {
-            if best.is_none_or(|b| r.in_domain_acc > b.in_domain_acc) {
-                best = Some(r);
-            }
-        }
-        best
+        train::early_stop(&self.rows)
     }
 }
 

@@ -22,8 +22,8 @@ use super::grammar::{
 use super::internals::{weight_norm, AttentionSparsity};
 use super::tree::BinaryTree;
 use super::tree_projection::{
-    context_free_mask, cosine_similarity, project_tree, project_tree_optimal, sci_chart, tparseval,
-    tscore_exact, tscore_one_split_estimate, tscore_optimal_tree,
+    context_free_mask, cosine_similarity, expected_random_tree_score, project_tree,
+    project_tree_optimal, sci_chart, tparseval, tscore_one_split_estimate,
 };
 use super::SplitSizes;
 use crate::nn::{self, AttnMask, ForwardOpts, Transformer, TransformerConfig};
@@ -293,12 +293,7 @@ pub struct RunResult {
 
 impl RunResult {
     fn from_curve(depth: usize, seed: u64, curve: Vec<EvalRow>, completed: bool, thr: f64) -> Self {
-        let mut best: Option<&EvalRow> = None;
-        for r in &curve {
-            if best.is_none_or(|b| r.in_domain_acc > b.in_domain_acc) {
-                best = Some(r);
-            }
-        }
+        let best = early_stop(&curve);
         let final_gen = curve.last().map(|r| r.gen_acc);
         Self {
             depth,
@@ -312,6 +307,17 @@ impl RunResult {
             completed,
         }
     }
+}
+
+/// Where early stopping stops: the evaluation with the highest in-domain accuracy (first on ties).
+pub fn early_stop(curve: &[EvalRow]) -> Option<&EvalRow> {
+    let mut best: Option<&EvalRow> = None;
+    for r in curve {
+        if best.is_none_or(|b| r.in_domain_acc > b.in_domain_acc) {
+            best = Some(r);
+        }
+    }
+    best
 }
 
 /// In-domain accuracy at which a run counts as saturated.
@@ -691,9 +697,11 @@ pub fn projection_check(
     for (w, g) in &sents {
         let chart = sentence_chart(model, w, data.bos)?;
         let (pg, po) = (project_tree(&chart), project_tree_optimal(&chart));
-        let t = tscore_exact(&chart);
+        // tscore_exact and tscore_optimal_tree, sharing the projections and the expectation.
+        let e = expected_random_tree_score(&chart);
+        let t = pg.score - e;
         tg += t;
-        to += tscore_optimal_tree(&chart);
+        to += po.score - e;
         code += tscore_one_split_estimate(&chart, &mut rng);
         for j in 1..w.len() {
             left += chart[[0, j]];
