@@ -6,7 +6,7 @@
 //! - [`grokking`]: structural grokking (Murty et al., ACL 2023).
 //!
 //! Shared machinery beside them: [`nn`] (transformer blocks on candle), [`train`] (optimisers,
-//! schedules, checkpoints), [`plot`], [`config`], [`io`], [`rng`], [`figures`].
+//! schedules), [`run`] (the engine every training run goes through), [`plot`], [`config`], [`io`], [`rng`], [`figures`].
 
 pub mod config;
 pub mod figures;
@@ -18,5 +18,6 @@ pub mod nn;
 pub mod plot;
 pub mod progress;
 pub mod rng;
+pub mod run;
 pub mod sts;
 pub mod train;

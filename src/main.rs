@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // `{:#}` prints the whole context chain on one line, without a backtrace.
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
+            std::process::ExitCode::from(attnlab::run::exit_code(&e))
         }
     }
 }
