@@ -12,28 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// Which preset of each figure config to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FigurePreset {
-    /// Minutes on 2 CPU cores.
-    #[default]
-    Cpu,
-    /// The larger settings closer to the paper's.
-    Paper,
-    /// Seconds; for the tests of the figures command.
-    Tiny,
-}
-
-impl FigurePreset {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Paper => "paper",
-            Self::Tiny => "tiny",
-        }
-    }
-}
+pub use crate::config::Preset as FigurePreset;
 
 #[derive(clap::Args, Debug)]
 pub struct FiguresArgs {

@@ -184,12 +184,12 @@ impl TransformerConfig {
             ),
         )?;
         need(
-            self.ln_eps > 0.0,
+            self.ln_eps > 0.0 && self.ln_eps.is_finite(),
             "ln_eps",
             "must be positive, e.g. 1e-5".into(),
         )?;
         need(
-            self.init_std > 0.0,
+            self.init_std > 0.0 && self.init_std.is_finite(),
             "init_std",
             "must be positive, e.g. 0.02".into(),
         )?;

@@ -65,6 +65,17 @@ impl OptimConfig {
             }
             Ok(())
         };
+        for (field, x) in [
+            ("lr", self.lr),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("eps", self.eps),
+            ("weight_decay", self.weight_decay),
+            ("momentum", self.momentum),
+            ("clip_norm", self.clip_norm),
+        ] {
+            need(x.is_finite(), field, "must be a finite number")?;
+        }
         need(self.lr > 0.0, "lr", "must be positive, e.g. 1e-3")?;
         need(
             (0.0..1.0).contains(&self.beta1),

@@ -46,7 +46,7 @@ impl Schedule {
                 self.warmup_steps
             );
         }
-        if !(0.0..=1.0).contains(&self.final_ratio) {
+        if !(0.0..=1.0).contains(&self.final_ratio) || self.final_ratio.is_nan() {
             bail!(
                 "invalid schedule field `final_ratio` = {}: must be in [0, 1]",
                 self.final_ratio
