@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 pub use crate::config::Preset as FigurePreset;
+pub use crate::plot::figure::{Figure, FigureContext, FigureFile, FigureOutput};
 
 #[derive(clap::Args, Debug)]
 pub struct FiguresArgs {
@@ -45,50 +46,6 @@ pub struct FiguresArgs {
     /// List the registered figures and exit.
     #[arg(long)]
     pub list: bool,
-}
-
-/// What a figure function gets.
-pub struct FigureContext<'a> {
-    pub config: &'a Path,
-    pub preset: FigurePreset,
-    pub quiet: bool,
-    /// Root for the run directories of figures that train models (`--runs`).
-    pub runs: &'a Path,
-}
-
-/// What a figure function returns: its panels (drawn side by side into one PNG, and written as
-/// CSV) and the key numbers it shows (into the JSON beside them).
-pub struct FigureOutput {
-    pub charts: Vec<Chart>,
-    pub summary: serde_json::Value,
-}
-
-/// One registered figure.
-pub struct Figure {
-    /// `<paper>/<name>`, e.g. `sts/loss_curve`.
-    pub name: &'static str,
-    /// What it shows, one line (goes into the index).
-    pub what: &'static str,
-    pub compute: fn(&FigureContext) -> Result<FigureOutput>,
-    /// Config file relative to the experiments directory; `None` means
-    /// `<paper>/figures/<name>.toml`. Several figures may share one experiment file.
-    pub config: Option<&'static str>,
-    /// Parses and range-checks the config file (every preset) without computing anything.
-    pub check: fn(&Path) -> Result<()>,
-}
-
-impl Figure {
-    /// The config file under the experiments directory: `<paper>/figures/<name>.toml`.
-    pub fn config_path(&self, experiments: &Path) -> PathBuf {
-        if let Some(c) = self.config {
-            return experiments.join(c);
-        }
-        let (paper, name) = self.name.split_once('/').unwrap_or(("misc", self.name));
-        experiments
-            .join(paper)
-            .join("figures")
-            .join(format!("{name}.toml"))
-    }
 }
 
 /// Every figure of the project. Papers add theirs here.
@@ -254,26 +211,4 @@ fn write_index(out: &Path, all: &[Figure]) -> Result<()> {
         ));
     }
     crate::io::write_atomic(&out.join("README.md"), s.as_bytes())
-}
-
-/// A figure config file: one table per preset, each of the figure's own schema.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FigureFile<P> {
-    pub cpu: P,
-    pub paper: P,
-    pub tiny: P,
-}
-
-impl<P: Clone + serde::de::DeserializeOwned> FigureFile<P> {
-    pub fn load(path: &Path) -> Result<Self> {
-        crate::config::load_toml(path)
-    }
-    pub fn preset(&self, p: FigurePreset) -> P {
-        match p {
-            FigurePreset::Cpu => self.cpu.clone(),
-            FigurePreset::Paper => self.paper.clone(),
-            FigurePreset::Tiny => self.tiny.clone(),
-        }
-    }
 }

@@ -307,8 +307,30 @@ fn torch_steps_per_sec(a: &BenchArgs, c: &BenchConfig) -> Result<Option<f64>> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.threads == 0 {
-        bail!("`--threads` must be at least 1");
+    if a.threads == 0 || a.threads > 1024 {
+        bail!("`--threads` must be between 1 and 1024, not {}", a.threads);
+    }
+    // A bound keeps a typo from running for days; NaN would never reach it and would hang.
+    if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 3600.0) {
+        bail!(
+            "`--seconds` must be a number of seconds in (0, 3600], not {}",
+            a.seconds
+        );
+    }
+    if a.rounds == 0 || a.rounds > 100 {
+        bail!("`--rounds` must be between 1 and 100, not {}", a.rounds);
+    }
+    let selected: Vec<BenchConfig> = configs()
+        .into_iter()
+        .filter(|c| a.only.as_ref().is_none_or(|o| c.name.contains(o.as_str())))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<String> = configs().into_iter().map(|c| c.name).collect();
+        bail!(
+            "`--only {}` matches no configuration: use part of one of {}",
+            a.only.as_deref().unwrap_or(""),
+            names.join(", ")
+        );
     }
     // candle sizes its GEMM parallelism from this variable; rayon's pool is built to match.
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
@@ -329,15 +351,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     }
     let mut torch_ok = !a.no_torch;
-    for c in configs() {
-        if let Some(o) = &a.only {
-            if !c.name.contains(o.as_str()) {
-                continue;
-            }
-        }
+    for c in selected {
         let mut tr = attnlab_trainer(&c, a.profile)?;
         let (mut ours, mut theirs) = (0.0f64, None::<f64>);
-        for _ in 0..a.rounds.max(1) {
+        for _ in 0..a.rounds {
             ours = ours.max(tr.steps_per_sec(a.seconds)?);
             if torch_ok {
                 match torch_steps_per_sec(&a, &c)? {

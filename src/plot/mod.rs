@@ -5,6 +5,8 @@
 //! Text is drawn with the DejaVu Sans font embedded in the binary (`assets/fonts/`), so a figure
 //! looks the same on every machine whatever fonts it has installed.
 
+pub mod figure;
+
 use anyhow::{anyhow, bail, Result};
 use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
 use plotters::prelude::*;
