@@ -4,7 +4,7 @@
 //! parameter count).
 
 use attnlab::lego::config;
-use attnlab::lego::train::{transformer_config, LegoRun};
+use attnlab::lego::model::{transformer_config, LegoRun};
 use attnlab::nn::FlopCount;
 use std::path::Path;
 use std::process::Command;

@@ -4,7 +4,7 @@
 
 use approx::assert_abs_diff_eq;
 use attnlab::lego::flops::{encoder_flops, flop_saving, layer_flops, EncoderShape};
-use attnlab::lego::heads::{
+use attnlab::lego::measure::{
     association_score, association_target, clause_locality_score, kl_target_attention,
     local_target, mimic_targets, mimicking_loss, row_kl, score_heads, smooth_rows,
     uniform_attention, variable_association_score, window_locality_score,

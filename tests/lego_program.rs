@@ -1,16 +1,17 @@
 //! The convolution study's program trainer: a small model beats the majority-value baseline,
-//! the convolutional model's extra parameters and FLOPs are the hand count, a stopped run
-//! resumes exactly, and a `maps` list the toolkit cannot build is a clear config error.
+//! the convolutional model's extra parameters and FLOPs are the hand count, a run stopped in
+//! the middle of an epoch resumes exactly, and a `maps` list the toolkit cannot build is a clear config error.
 
 use attnlab::lego::config::{
-    self, LegoTaskConfig, Loss, ModelConfig, Optimizer, Preset, ProgramTaskConfig, Schedule,
-    TrainConfig,
+    self, LegoTaskConfig, Loss, ModelConfig, Preset, ProgramTaskConfig, TrainConfig,
 };
 use attnlab::lego::program_train::{
-    max_program_len, program_transformer_config, train_program_run, ProgramRun,
+    max_program_len, program_transformer_config, train_program_run, ProgramResult, ProgramRun,
 };
-use attnlab::lego::train::Checkpointing;
+use attnlab::lego::train::RunOpts;
 use attnlab::nn::{num_params, FlopCount, Transformer};
+use attnlab::run::{exit_code, Identity, RunDir};
+use attnlab::train::{OptimConfig, OptimKind, Schedule, ScheduleKind};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -34,15 +35,21 @@ fn preset(n_train: usize, epochs: usize) -> Preset {
             hidden: 32,
             ffn: 64,
             dropout: 0.0,
-            albert_embedding: 16,
             max_positions: 32,
         },
         train: TrainConfig {
             epochs,
             batch_size: 50,
-            optimizer: Optimizer::Adam,
-            lr: 3e-3,
-            schedule: Schedule::Cosine,
+            optim: OptimConfig {
+                kind: OptimKind::Adam,
+                lr: 3e-3,
+                weight_decay: 0.0,
+                schedule: Schedule {
+                    kind: ScheduleKind::Cosine,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
             loss: Loss::CrossEntropy,
             eval_every: 1,
         },
@@ -50,6 +57,25 @@ fn preset(n_train: usize, epochs: usize) -> Preset {
         lego_attention: None,
         convolution: None,
     }
+}
+
+/// Trains `run` in `dir` (or nowhere), stopped at the `stop_at`-th poll.
+fn train(
+    p: &Preset,
+    run: &ProgramRun,
+    dir: Option<&RunDir>,
+    stop_at: usize,
+) -> anyhow::Result<ProgramResult> {
+    let dev = attnlab::nn::device().unwrap();
+    let calls = AtomicUsize::new(0);
+    let stop = || calls.fetch_add(1, Ordering::SeqCst) + 1 == stop_at;
+    let opts = RunOpts {
+        dir,
+        stop: &stop,
+        progress: None,
+        dev: &dev,
+    };
+    train_program_run(p, run, &opts)
 }
 
 fn run(label: &str, qkv_conv: usize) -> ProgramRun {
@@ -66,9 +92,7 @@ fn run(label: &str, qkv_conv: usize) -> ProgramRun {
 #[test]
 fn small_program_model_beats_the_majority_baseline() {
     let p = preset(3000, 10);
-    let r = train_program_run(&p, &run("plain", 0), None, &mut |_| {})
-        .unwrap()
-        .unwrap();
+    let r = train(&p, &run("plain", 0), None, 0).unwrap();
     assert!(r.majority > 0.15 && r.majority < 0.45, "{}", r.majority);
     assert!(
         r.accuracy > r.majority + 0.2,
@@ -102,36 +126,32 @@ fn convolution_parameters_and_flops_equal_the_hand_count() {
 
 #[test]
 fn stopped_program_run_resumes_identically() {
-    let dir = std::env::temp_dir().join(format!("attnlab-program-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let d = tempfile::tempdir().unwrap();
     let p = preset(200, 3);
     let r3 = run("conv", 3);
-    let full = train_program_run(&p, &r3, None, &mut |_| {})
-        .unwrap()
-        .unwrap();
-    // 4 steps an epoch: stop mid-epoch 2 (step 6), then finish
-    let calls = AtomicUsize::new(0);
-    let stop = || calls.fetch_add(1, Ordering::SeqCst) + 1 == 6;
-    let ck = Checkpointing {
-        dir: dir.clone(),
-        stop: &stop,
-    };
-    assert!(train_program_run(&p, &r3, Some(&ck), &mut |_| {})
-        .unwrap()
-        .is_none());
-    assert!(dir.join("program.safetensors").exists());
-    let never = || false;
-    let ck = Checkpointing {
-        dir: dir.clone(),
-        stop: &never,
-    };
-    let resumed = train_program_run(&p, &r3, Some(&ck), &mut |_| {})
-        .unwrap()
-        .unwrap();
+    let full = train(&p, &r3, None, 0).unwrap();
+    let identity = || Identity::of(&"conv", "tiny", 0).unwrap();
+    // 4 steps an epoch: stop before step 7 (mid-epoch 2), then finish
+    let e = train(
+        &p,
+        &r3,
+        Some(&RunDir::open(d.path(), identity()).unwrap()),
+        7,
+    )
+    .unwrap_err();
+    assert_eq!(exit_code(&e), 130, "{e:#}");
+    assert!(d.path().join("checkpoint.safetensors").exists());
+    let resumed = train(
+        &p,
+        &r3,
+        Some(&RunDir::open(d.path(), identity()).unwrap()),
+        0,
+    )
+    .unwrap();
     assert_eq!(resumed.curve, full.curve);
     assert_eq!(resumed.accuracy, full.accuracy);
     assert_eq!(resumed.per_print, full.per_print);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(resumed.curve.len(), 3);
 }
 
 #[test]

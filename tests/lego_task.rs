@@ -412,7 +412,8 @@ fn every_experiment_config_parses() {
         (le.paper.train.batch_size, le.paper.train.epochs),
         (1000, 200)
     );
-    assert_eq!(le.paper.train.lr, 5e-5);
+    assert_eq!(le.paper.train.optim.lr, 5e-5);
+    assert_eq!(le.paper.train.optim.kind, attnlab::train::OptimKind::Adam);
 }
 
 #[test]

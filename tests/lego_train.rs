@@ -1,18 +1,35 @@
 //! LEGO training invariants: mimicking installs the target heads, a small model learns n = 4,
-//! the attention module's FLOP saving is the hand count, and a stopped run resumes exactly.
+//! the attention module's FLOP saving is the hand count, a run stopped in mimicking and in the
+//! middle of an epoch resumes exactly, and a diverging run stops with the run-failed class.
+
+mod common;
 
 use attnlab::lego::config::{
-    Arch, Init, LegoTaskConfig, Loss, MimicConfig, ModelConfig, Optimizer, Preset, Schedule,
-    TrainConfig,
+    Arch, Init, LegoTaskConfig, Loss, MimicConfig, ModelConfig, Preset, TrainConfig,
 };
 use attnlab::lego::flops::{encoder_flops, EncoderShape};
+use attnlab::lego::model::{transformer_config, LegoModel, LegoRun};
 use attnlab::lego::task::seq_len;
-use attnlab::lego::train::{
-    mimic_pretrain, train_run, transformer_config, Checkpointing, LegoModel, LegoRun,
-};
+use attnlab::lego::train::{mimic_pretrain, train_run, RunOpts, RunResult};
 use attnlab::lego::variants::Variant;
 use attnlab::nn::FlopCount;
+use attnlab::run::{exit_code, Identity, RunDir};
+use attnlab::train::{OptimConfig, OptimKind, Schedule, ScheduleKind};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Adam without weight decay, cosine over the whole run (the experiment files' optimiser).
+fn adam(lr: f64) -> OptimConfig {
+    OptimConfig {
+        kind: OptimKind::Adam,
+        lr,
+        weight_decay: 0.0,
+        schedule: Schedule {
+            kind: ScheduleKind::Cosine,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
 
 fn preset(n_var: usize, train_vars: usize, n_train: usize, epochs: usize, batch: usize) -> Preset {
     Preset {
@@ -24,7 +41,6 @@ fn preset(n_var: usize, train_vars: usize, n_train: usize, epochs: usize, batch:
             train_vars,
             n_train,
             n_test: 200,
-            variant: Variant::Shuffled,
         }),
         program: None,
         model: ModelConfig {
@@ -33,15 +49,12 @@ fn preset(n_var: usize, train_vars: usize, n_train: usize, epochs: usize, batch:
             hidden: 32,
             ffn: 64,
             dropout: 0.0,
-            albert_embedding: 16,
             max_positions: 64,
         },
         train: TrainConfig {
             epochs,
             batch_size: batch,
-            optimizer: Optimizer::Adam,
-            lr: 3e-3,
-            schedule: Schedule::Cosine,
+            optim: adam(3e-3),
             loss: Loss::Bce,
             eval_every: 1,
         },
@@ -50,8 +63,7 @@ fn preset(n_var: usize, train_vars: usize, n_train: usize, epochs: usize, batch:
             epochs_albert: 3,
             steps_per_epoch: 100,
             batch_size: 16,
-            lr: 3e-3,
-            schedule: Schedule::Cosine,
+            optim: adam(3e-3),
             local_head: 0,
             association_head: 1,
         }),
@@ -60,12 +72,28 @@ fn preset(n_var: usize, train_vars: usize, n_train: usize, epochs: usize, batch:
     }
 }
 
+fn dev() -> candle_core::Device {
+    attnlab::nn::device().unwrap()
+}
+
+/// Trains `run` without a run directory.
+fn train(p: &Preset, run: &LegoRun, head_sentences: usize) -> RunResult {
+    let dev = dev();
+    let opts = RunOpts {
+        dir: None,
+        stop: &|| false,
+        progress: None,
+        dev: &dev,
+    };
+    train_run(p, run, head_sentences, &opts).unwrap()
+}
+
 #[test]
 fn mimicking_loss_falls_and_mimicked_heads_scores_rise() {
     let mut p = preset(4, 4, 100, 1, 50);
-    p.mimic.as_mut().unwrap().lr = 1e-2;
+    p.mimic.as_mut().unwrap().optim.lr = 1e-2;
     let run = LegoRun::new("t", Arch::Bert, Init::Mimic, 3);
-    let lm = LegoModel::build(&p.model, &run).unwrap();
+    let lm = LegoModel::build(&p.model, &run, &dev()).unwrap();
     let sents = Variant::Shuffled.sample(4, 50, 99).unwrap();
     let before = lm.head_scores(&sents).unwrap();
     let losses = mimic_pretrain(&lm, p.mimic.as_ref().unwrap(), 4, &run).unwrap();
@@ -89,11 +117,10 @@ fn mimicking_loss_falls_and_mimicked_heads_scores_rise() {
 /// more steps than a fast test allows at this size; see paper_notes section 2.)
 #[test]
 fn small_model_learns_n4_on_supervised_positions() {
-    let mut p = preset(4, 2, 2000, 20, 50);
-    p.task.as_mut().unwrap().variant = Variant::ChainOrder;
+    let p = preset(4, 2, 2000, 20, 50);
     let mut run = LegoRun::new("t", Arch::Bert, Init::Random, 0);
     run.train_mix = vec![(Variant::ChainOrder, 1.0)];
-    let r = train_run(&p, &run, 0, None, &mut |_| {}).unwrap().unwrap();
+    let r = train(&p, &run, 0);
     assert_eq!(r.per_position.len(), 4);
     for (k, a) in r.per_position[..2].iter().enumerate() {
         assert_eq!(
@@ -138,51 +165,103 @@ fn attention_module_flop_saving_equals_hand_count() {
     assert_eq!(lego_saved, hand);
 }
 
+/// Stops the run at the `n`-th poll of `calls` (the engine polls before every update).
+fn stop_at(calls: &AtomicUsize, n: usize) -> impl Fn() -> bool + Sync + '_ {
+    move || calls.fetch_add(1, Ordering::SeqCst) + 1 == n
+}
+
 #[test]
 fn stopped_run_resumes_to_identical_losses() {
-    let dir = std::env::temp_dir().join(format!("attnlab-lego-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let d = tempfile::tempdir().unwrap();
     let mut p = preset(4, 2, 200, 3, 50);
     p.mimic.as_mut().unwrap().epochs_bert = 1;
     p.mimic.as_mut().unwrap().steps_per_epoch = 6;
     let run = LegoRun::new("t", Arch::Bert, Init::Mimic, 5);
-    let full = train_run(&p, &run, 20, None, &mut |_| {}).unwrap().unwrap();
+    let full = train(&p, &run, 20);
     assert_eq!(full.losses.len(), 12);
-    // stop at the 3rd mimicking step, then at training step 6 (mid-epoch), then finish
+    assert_eq!(full.mimic_losses.len(), 6);
+    let stages: Vec<&str> = full.head_scores.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(stages, ["init", "mimicked", "trained"]);
+    let dev = dev();
+    let identity = || Identity::of(&("t", 5), "tiny", 5).unwrap();
+    // stop before mimicking step 3, then (4 more mimicking polls) before training step 7,
+    // in the middle of epoch 2, then finish
     let calls = AtomicUsize::new(0);
-    let stop_at = |n: usize| {
-        let calls = &calls;
-        move || -> bool { calls.fetch_add(1, Ordering::SeqCst) + 1 == n }
+    for n in [3, 4 + 7] {
+        calls.store(0, Ordering::SeqCst);
+        let stop = stop_at(&calls, n);
+        let dir = RunDir::open(d.path(), identity()).unwrap();
+        let opts = RunOpts {
+            dir: Some(&dir),
+            stop: &stop,
+            progress: None,
+            dev: &dev,
+        };
+        let e = train_run(&p, &run, 20, &opts).unwrap_err();
+        assert_eq!(exit_code(&e), 130, "{e:#}");
+    }
+    assert!(d.path().join("mimic.checkpoint.safetensors").exists());
+    assert!(d.path().join("checkpoint.safetensors").exists());
+    let dir = RunDir::open(d.path(), identity()).unwrap();
+    let opts = RunOpts {
+        dir: Some(&dir),
+        stop: &|| false,
+        progress: None,
+        dev: &dev,
     };
-    let s1 = stop_at(3);
-    let ck = Checkpointing {
-        dir: dir.clone(),
-        stop: &s1,
-    };
-    assert!(train_run(&p, &run, 20, Some(&ck), &mut |_| {})
-        .unwrap()
-        .is_none());
-    assert!(dir.join("mimic.safetensors").exists());
-    calls.store(0, Ordering::SeqCst);
-    let s2 = stop_at(3 + 6);
-    let ck = Checkpointing {
-        dir: dir.clone(),
-        stop: &s2,
-    };
-    assert!(train_run(&p, &run, 20, Some(&ck), &mut |_| {})
-        .unwrap()
-        .is_none());
-    let never = || false;
-    let ck = Checkpointing {
-        dir: dir.clone(),
-        stop: &never,
-    };
-    let resumed = train_run(&p, &run, 20, Some(&ck), &mut |_| {})
-        .unwrap()
-        .unwrap();
+    let resumed = train_run(&p, &run, 20, &opts).unwrap();
     assert_eq!(resumed.mimic_losses, full.mimic_losses);
     assert_eq!(resumed.losses, full.losses);
     assert_eq!(resumed.curve, full.curve);
     assert_eq!(resumed.head_scores, full.head_scores);
-    let _ = std::fs::remove_dir_all(&dir);
+    // one metrics log per phase, the engine's schema then the trainer's columns
+    let (head, rows) = common::read_csv(&d.path().join("metrics.csv"));
+    assert_eq!(
+        head[..9],
+        [
+            "step",
+            "wall_s",
+            "lr",
+            "train_loss",
+            "epoch",
+            "epoch_loss",
+            "acc_supervised",
+            "acc_extrapolated",
+            "acc_pos1"
+        ]
+    );
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2][0], 12.0);
+    let (head, rows) = common::read_csv(&d.path().join("mimic.metrics.csv"));
+    assert_eq!(head, ["step", "wall_s", "lr", "train_loss"]);
+    assert_eq!(rows.len(), 1);
+}
+
+#[test]
+fn a_huge_learning_rate_stops_the_run_keeping_the_last_good_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let mut p = preset(4, 2, 200, 3, 50);
+    p.train.optim.lr = 1e6;
+    let run = LegoRun::new("t", Arch::Bert, Init::Random, 0);
+    let dev = dev();
+    let dir = RunDir::open(d.path(), Identity::of(&"t", "tiny", 0).unwrap()).unwrap();
+    let opts = RunOpts {
+        dir: Some(&dir),
+        stop: &|| false,
+        progress: None,
+        dev: &dev,
+    };
+    let e = train_run(&p, &run, 0, &opts).unwrap_err();
+    let msg = format!("{e:#}");
+    assert_eq!(exit_code(&e), 1, "{msg}");
+    assert!(
+        msg.contains("diverged at step") && msg.contains("lower the learning rate"),
+        "{msg}"
+    );
+    if let Ok(csv) = std::fs::read_to_string(d.path().join("metrics.csv")) {
+        assert!(
+            !csv.to_lowercase().contains("nan") && !csv.contains("inf"),
+            "{csv}"
+        );
+    }
 }

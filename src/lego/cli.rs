@@ -7,14 +7,19 @@
 //! variable's left-hand occurrence, chain order) and `names` (chain order).
 //!
 //! `attnlab lego flops --preset paper` prints the exact FLOPs of each LEGO attention-module
-//! configuration; `attnlab lego check-config` validates `experiments/lego/*.toml`.
+//! configuration; `attnlab lego check-config` validates `experiments/lego/*.toml` (every
+//! preset); `attnlab lego train --config F [--preset P] [--set key=value]...` trains a study.
 //!
 //! `attnlab program sample --count 3 --seed 0 --json` prints `tokens`, `source`, `outputs`
 //! (printed values in order) and `print_positions`.
+//!
+//! Samplers write one item at a time, so any `--count` streams; a closed pipe (`| head`) ends
+//! the output quietly.
 
+use crate::config::Preset as PresetName;
 use crate::lego::config;
 use crate::lego::flops::{encoder_flops, flop_saving, EncoderShape};
-use crate::lego::program::{sample_programs, ProgramSpec};
+use crate::lego::program::{Program, ProgramSpec, MAX_PRINTS, MAX_STATEMENTS};
 use crate::lego::task::{seq_len, token_str, N_NAMES};
 use crate::lego::variants::Variant;
 use anyhow::{bail, Result};
@@ -37,9 +42,12 @@ enum LegoCmd {
         /// A config with `[*.lego_attention]` sections.
         #[arg(long, default_value = "experiments/lego/lego_attention.toml")]
         config: PathBuf,
-        /// `cpu` or `paper`.
-        #[arg(long, default_value = "paper")]
-        preset: String,
+        /// Which preset of the config.
+        #[arg(long, value_enum, default_value_t = PresetName::Paper)]
+        preset: PresetName,
+        /// Override one config value of the preset, `key.path=value` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// Train the models of one experiment file and print their results (figures: `attnlab
     /// figures --only lego/...`).
@@ -57,18 +65,23 @@ struct LegoTrainArgs {
     /// Experiment file under experiments/lego/.
     #[arg(long)]
     config: PathBuf,
-    /// `cpu`, `paper` or `tiny`.
-    #[arg(long, default_value = "cpu")]
-    preset: String,
+    /// Which preset of the config.
+    #[arg(long, value_enum, default_value_t = PresetName::Cpu)]
+    preset: PresetName,
+    /// Override one config value of the preset, `key.path=value` (repeatable), e.g.
+    /// `--set train.optim.lr=3e-4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     /// Run only this seed (default: the preset's seeds).
     #[arg(long)]
     seed: Option<u64>,
     /// Train only the runs with these labels (comma-separated).
     #[arg(long, value_delimiter = ',')]
-    runs: Option<Vec<String>>,
-    /// Root of the run directories (`<root>/<experiment.out_dir>/<preset>/<run>/`).
-    #[arg(long, default_value = ".")]
-    root: PathBuf,
+    only: Option<Vec<String>>,
+    /// Output directory: run directories go to `<out>/<preset>/<label>-seed<S>/` (default:
+    /// the experiment's `out_dir`).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Print the per-run results as one JSON array on stdout.
     #[arg(long)]
     json: bool,
@@ -115,10 +128,10 @@ struct ProgramSampleArgs {
     /// Variables per program (1..=26).
     #[arg(long, default_value_t = ProgramSpec::default().n_vars)]
     vars: usize,
-    /// Random assignments after the initial literals.
+    /// Random assignments after the initial literals (at most 10000).
     #[arg(long, default_value_t = ProgramSpec::default().n_statements)]
     statements: usize,
-    /// Print statements (>= 1).
+    /// Print statements (1..=10000).
     #[arg(long, default_value_t = ProgramSpec::default().n_prints)]
     prints: usize,
     /// Arithmetic modulus (2..=10).
@@ -142,56 +155,82 @@ pub fn run_lego(a: LegoArgs) -> Result<()> {
         LegoCmd::Sample(s) => lego_sample(s),
         LegoCmd::CheckConfig { paths } => check_configs(&paths),
         LegoCmd::Train(t) => lego_train(t),
-        LegoCmd::Flops { config, preset } => print_flops(&config, &preset),
+        LegoCmd::Flops {
+            config,
+            preset,
+            sets,
+        } => print_flops(&config, preset, &sets),
     }
 }
 
 fn lego_train(a: LegoTrainArgs) -> Result<()> {
-    let exp = config::load(&a.config)?;
-    exp.preset(&a.preset)
-        .map_err(|e| anyhow::anyhow!("invalid value for `--preset`: {e}"))?;
-    crate::interrupt::install();
+    let exp = config::load_with(&a.config, a.preset, &a.sets)?;
     let seeds = a.seed.map(|s| vec![s]);
-    let stop = crate::interrupt::requested;
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from(&exp.experiment.out_dir));
+    let dev = crate::nn::device()?;
     let started = std::time::Instant::now();
     let res = crate::lego::experiments::run_experiment(
         &exp,
-        &a.preset,
-        seeds.as_deref(),
-        a.runs.as_deref(),
-        &a.root.join(&exp.experiment.out_dir),
-        &stop,
-        &mut |m| eprintln!("{m}"),
-        true,
+        a.preset,
+        crate::lego::experiments::ExperimentOpts {
+            seeds: seeds.as_deref(),
+            only: a.only.as_deref(),
+            dir: &out,
+            stop: &crate::interrupt::requested,
+            log: &mut |m| eprintln!("{m}"),
+            verbose: true,
+            dev: &dev,
+        },
     )?;
-    let Some(res) = res else {
-        eprintln!("stopped: state saved; run the same command to resume");
-        return Ok(());
-    };
     eprintln!(
         "{}: {} runs in {:.0}s",
         res.name,
-        res.results.len(),
+        res.results.len() + res.programs.len(),
         started.elapsed().as_secs_f64()
     );
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", serde_json::to_string(&res.results)?);
+        writeln!(out, "{}", serde_json::to_string(&res.results)?)?;
         if !res.programs.is_empty() {
-            println!("{}", serde_json::to_string(&res.programs)?);
+            writeln!(out, "{}", serde_json::to_string(&res.programs)?)?;
         }
     } else {
         for r in &res.results {
             let acc: Vec<String> = r.per_position.iter().map(|x| format!("{x:.3}")).collect();
-            println!("{} seed {}: {}", r.run.label, r.run.seed, acc.join(" "));
+            writeln!(
+                out,
+                "{} seed {}: {}",
+                r.run.label,
+                r.run.seed,
+                acc.join(" ")
+            )?;
         }
         for r in &res.programs {
-            println!(
+            writeln!(
+                out,
                 "program {} seed {}: accuracy {:.3} (majority {:.3}), {} parameters",
                 r.run.label, r.run.seed, r.accuracy, r.majority, r.params
-            );
+            )?;
         }
     }
     Ok(())
+}
+
+/// Writes `items` to stdout one line each; a reader that closes the pipe ends it quietly.
+fn stream_lines<T>(items: impl Iterator<Item = T>, line: impl Fn(&T) -> String) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let write = || -> std::io::Result<()> {
+        for it in items {
+            writeln!(out, "{}", line(&it))?;
+        }
+        out.flush()
+    };
+    match write() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 fn lego_sample(a: LegoSampleArgs) -> Result<()> {
@@ -204,19 +243,19 @@ fn lego_sample(a: LegoSampleArgs) -> Result<()> {
         ),
     )?;
     check_flag(a.count >= 1, "--count", "0 (must be at least 1)")?;
-    let variant = Variant::parse(&a.variant).map_err(|e| anyhow::anyhow!("`--variant`: {e}"))?;
-    let sentences = variant.sample(a.n_var, a.count, a.seed)?;
-    let mut out = std::io::stdout().lock();
-    for s in &sentences {
+    let variant = Variant::parse(&a.variant)
+        .map_err(|e| anyhow::anyhow!("invalid value for `--variant`: {e}"))?;
+    let sentences = variant.stream(a.n_var, a.seed)?.take(a.count);
+    stream_lines(sentences, |s| {
         if a.json {
-            let line = json!({
+            json!({
                 "tokens": s.token_strings(),
                 "labels": s.values,
                 "order": s.order,
                 "query_positions": s.query_positions(),
                 "names": s.names.iter().map(|&t| token_str(t)).collect::<Vec<_>>(),
-            });
-            writeln!(out, "{line}")?;
+            })
+            .to_string()
         } else {
             let names: Vec<&str> = s.names.iter().map(|&t| token_str(t)).collect();
             let chain: Vec<String> = names
@@ -224,10 +263,9 @@ fn lego_sample(a: LegoSampleArgs) -> Result<()> {
                 .zip(&s.values)
                 .map(|(n, v)| format!("{n}={v:+}"))
                 .collect();
-            writeln!(out, "{}\n  chain: {}", s.text(), chain.join(" "))?;
+            format!("{}\n  chain: {}", s.text(), chain.join(" "))
         }
-    }
-    Ok(())
+    })
 }
 
 fn check_configs(paths: &[PathBuf]) -> Result<()> {
@@ -254,14 +292,12 @@ fn check_configs(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn print_flops(path: &std::path::Path, preset: &str) -> Result<()> {
-    let exp = config::load(path)?;
-    let p = exp
-        .preset(preset)
-        .map_err(|e| anyhow::anyhow!("`--preset`: {e}"))?;
+fn print_flops(path: &std::path::Path, preset: PresetName, sets: &[String]) -> Result<()> {
+    let exp = config::load_with(path, preset, sets)?;
+    let p = exp.preset(preset);
     let (Some(task), Some(study)) = (&p.task, &p.lego_attention) else {
         bail!(
-            "`--config`: `{}` has no [{preset}.task] and [{preset}.lego_attention] sections",
+            "invalid value for `--config`: `{}` has no [{preset}.task] and [{preset}.lego_attention] sections (see experiments/lego/lego_attention.toml)",
             path.display()
         );
     };
@@ -296,16 +332,20 @@ fn program_sample(a: ProgramSampleArgs) -> Result<()> {
         "--vars",
         format!("{} (must be 1..=26)", a.vars),
     )?;
-    check_flag(a.prints >= 1, "--prints", "0 (must be at least 1)")?;
+    check_flag(
+        (1..=MAX_PRINTS).contains(&a.prints),
+        "--prints",
+        format!("{} (must be 1..={MAX_PRINTS})", a.prints),
+    )?;
     check_flag(
         (2..=10).contains(&a.modulus),
         "--modulus",
         format!("{} (must be 2..=10: values are single digits)", a.modulus),
     )?;
     check_flag(
-        a.statements <= 10_000,
+        a.statements <= MAX_STATEMENTS,
         "--statements",
-        format!("{} (at most 10000)", a.statements),
+        format!("{} (at most {MAX_STATEMENTS})", a.statements),
     )?;
     let spec = ProgramSpec {
         n_vars: a.vars,
@@ -313,20 +353,18 @@ fn program_sample(a: ProgramSampleArgs) -> Result<()> {
         n_prints: a.prints,
         modulus: a.modulus,
     };
-    let programs = sample_programs(&spec, a.count, a.seed)?;
-    let mut out = std::io::stdout().lock();
-    for p in &programs {
+    let programs = Program::stream(&spec, a.seed)?.take(a.count);
+    stream_lines(programs, |p| {
         if a.json {
-            let line = json!({
+            json!({
                 "tokens": p.token_strings(),
                 "source": p.source(),
                 "outputs": p.outputs(),
                 "print_positions": p.print_positions(),
-            });
-            writeln!(out, "{line}")?;
+            })
+            .to_string()
         } else {
-            writeln!(out, "{}  -> {:?}\n", p.source(), p.outputs())?;
+            format!("{}  -> {:?}\n", p.source(), p.outputs())
         }
-    }
-    Ok(())
+    })
 }

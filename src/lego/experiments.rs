@@ -1,14 +1,21 @@
-//! Running a LEGO experiment file: expand it into runs (models x seeds), train each with
-//! checkpointing (a finished run's `result.json` is reused by every study that asks for the
-//! same run), and collect the results the figures of [`crate::lego::figures`] are drawn from.
+//! Running a LEGO experiment file: expand it into runs (models x seeds), train each on the run
+//! engine in its own locked, identity-checked run directory (a finished run's `result.json` is
+//! reused by every study that asks for the same run), and collect the results the figures of
+//! [`crate::lego::figures`] are drawn from.
 //!
-//! Results go to `<dir>/<preset>/<label>-seed<S>/result.json` (atomic), program runs of the
-//! convolution study to `<dir>/<preset>/program-<label>-seed<S>/result.json`.
+//! Run directories are `<dir>/<preset>/<label>-seed<S>/` (program runs of the convolution study
+//! `<dir>/<preset>/program-<label>-seed<S>/`), each with the engine's checkpoint(s), metrics
+//! log(s) and `result.json` (atomic). A run's identity is its [`LegoRun`] (or [`ProgramRun`]),
+//! its [`run_key`] (or [`program_key`]), the preset and the seed.
 
+use crate::config::Preset as PresetName;
 use crate::lego::config::{Arch, ExperimentKind, Init, LegoExperiment, Preset};
 use crate::lego::program_train::{program_key, train_program_run, ProgramResult, ProgramRun};
-use crate::lego::train::{train_run, Checkpointing, LegoRun, RunResult};
+use crate::lego::train::{run_key, train_run, LegoRun, RunOpts, RunResult, HEAD_SCORE_SENTENCES};
+use crate::run::{Identity, RunDir};
 use anyhow::{Context, Result};
+use candle_core::Device;
+use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
 
 /// The runs an experiment file asks for at `preset`, in order.
@@ -113,140 +120,156 @@ pub struct ExperimentResults {
     pub programs: Vec<ProgramResult>,
 }
 
-/// Trains (or reloads) every run, with run directories under `dir/<preset>/`; `None` when
-/// stopped by `stop` (state saved).
-#[allow(clippy::too_many_arguments)]
+/// How [`run_experiment`] runs.
+pub struct ExperimentOpts<'a> {
+    /// Seeds to run instead of the preset's.
+    pub seeds: Option<&'a [u64]>,
+    /// Labels of the runs to train (all when `None`).
+    pub only: Option<&'a [String]>,
+    /// Root of the run directories (`<dir>/<preset>/<run>/`).
+    pub dir: &'a Path,
+    /// Polled before every update: true saves and stops with [`crate::run::Interrupted`].
+    pub stop: &'a (dyn Fn() -> bool + Sync),
+    /// Progress lines (training, reusing, done).
+    pub log: &'a mut dyn FnMut(&str),
+    /// Progress bars.
+    pub verbose: bool,
+    pub dev: &'a Device,
+}
+
+/// The result in `dir` when it was written by the same run (`same`), else `None`.
+fn reuse<R: DeserializeOwned>(dir: &Path, same: impl Fn(&R) -> bool) -> Result<Option<R>> {
+    let path = dir.join("result.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading `{}`", path.display()))?;
+    let r: R = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "`{}` is damaged: delete it (the run's checkpoint makes it again)",
+            path.display()
+        )
+    })?;
+    Ok(same(&r).then_some(r))
+}
+
+/// Opens `dir` for the run `(run, key)` under `preset`.
+fn open<R: Serialize>(
+    dir: &Path,
+    run: &R,
+    key: &str,
+    preset: PresetName,
+    seed: u64,
+) -> Result<RunDir> {
+    RunDir::open(dir, Identity::of(&(run, key), preset.name(), seed)?)
+}
+
+/// Trains (or reloads) every run of `exp` at `preset`; stops with
+/// [`crate::run::Interrupted`] when `opts.stop` answers true (state saved).
 pub fn run_experiment(
     exp: &LegoExperiment,
-    preset_name: &str,
-    seeds: Option<&[u64]>,
-    only: Option<&[String]>,
-    dir: &Path,
-    stop: &(dyn Fn() -> bool + Sync),
-    log: &mut dyn FnMut(&str),
-    verbose: bool,
-) -> Result<Option<ExperimentResults>> {
-    let preset = exp.preset(preset_name)?;
-    let seeds = seeds.unwrap_or(&preset.seeds);
+    preset_name: PresetName,
+    opts: ExperimentOpts,
+) -> Result<ExperimentResults> {
+    let preset = exp.preset(preset_name);
+    let seeds = opts.seeds.unwrap_or(&preset.seeds);
     let mut runs = expand_runs(exp, preset, seeds)?;
     let mut program_runs = expand_program_runs(exp, preset, seeds);
-    if let Some(only) = only {
+    if let Some(only) = opts.only {
         runs.retain(|r| only.contains(&r.label));
         program_runs.retain(|r| only.contains(&r.label));
         if runs.is_empty() && program_runs.is_empty() {
-            anyhow::bail!("`--runs` {only:?} matches no run label of the experiment");
+            let mut labels: Vec<String> = expand_runs(exp, preset, seeds)?
+                .into_iter()
+                .map(|r| r.label)
+                .chain(
+                    expand_program_runs(exp, preset, seeds)
+                        .into_iter()
+                        .map(|r| r.label),
+                )
+                .collect();
+            labels.dedup();
+            anyhow::bail!(
+                "invalid value for `--only`: {only:?} matches no run label of the experiment (its labels: {})",
+                labels.join(", ")
+            );
         }
     }
-    let head_sentences = exp
-        .head_analysis
-        .as_ref()
-        .map(|h| h.n_sentences)
-        .unwrap_or(100);
-    let out = dir.join(preset_name);
+    let log = opts.log;
+    let out = opts.dir.join(preset_name.name());
     let mut results = Vec::new();
     for run in &runs {
         let dir = out.join(format!("{}-seed{}", slug(&run.label), run.seed));
-        let result_path = dir.join("result.json");
-        if result_path.exists() {
-            let text = std::fs::read_to_string(&result_path)?;
-            let r: RunResult = serde_json::from_str(&text)
-                .with_context(|| format!("`{}` is damaged: delete it", result_path.display()))?;
-            if r.run == *run && r.key == crate::lego::train::run_key(preset, run)? {
-                log(&format!(
-                    "{} seed {}: reusing {}",
-                    run.label,
-                    run.seed,
-                    result_path.display()
-                ));
-                results.push(r);
-                continue;
-            }
+        let key = run_key(preset, run)?;
+        let what = format!("{} seed {}", run.label, run.seed);
+        if let Some(r) = reuse(&dir, |r: &RunResult| r.run == *run && r.key == key)? {
+            log(&format!(
+                "{what}: reusing {}",
+                dir.join("result.json").display()
+            ));
+            results.push(r);
+            continue;
         }
-        log(&format!("{} seed {}: training", run.label, run.seed));
-        let ck = Checkpointing {
-            dir: dir.clone(),
-            stop,
+        log(&format!("{what}: training"));
+        let rd = open(&dir, run, &key, preset_name, run.seed)?;
+        let ro = RunOpts {
+            dir: Some(&rd),
+            stop: opts.stop,
+            progress: opts.verbose.then(|| what.clone()),
+            dev: opts.dev,
         };
-        let label = run.label.clone();
-        let mut on_epoch = |p: &crate::lego::train::CurvePoint| {
-            if verbose {
-                eprintln!(
-                    "  {label} epoch {:>3} loss {:.4} acc sup {:.3} extra {:.3}",
-                    p.epoch, p.train_loss, p.acc_supervised, p.acc_extrapolated
-                );
-            }
-        };
-        match train_run(preset, run, head_sentences, Some(&ck), &mut on_epoch)? {
-            None => return Ok(None),
-            Some(r) => {
-                crate::io::write_json(&result_path, &r)?;
-                log(&format!(
-                    "{} seed {}: done in {:.0}s, per position {:?}",
-                    run.label,
-                    run.seed,
-                    r.seconds,
-                    r.per_position
-                        .iter()
-                        .map(|a| (a * 1000.0).round() / 1000.0)
-                        .collect::<Vec<_>>()
-                ));
-                results.push(r);
-            }
-        }
+        let r = train_run(preset, run, HEAD_SCORE_SENTENCES, &ro)
+            .with_context(|| format!("run `{}` seed {}", run.label, run.seed))?;
+        crate::io::write_json(&dir.join("result.json"), &r)?;
+        log(&format!(
+            "{what}: done in {:.0}s, per position {:?}",
+            r.seconds,
+            r.per_position
+                .iter()
+                .map(|a| (a * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
+        ));
+        results.push(r);
     }
     let mut programs = Vec::new();
     for run in &program_runs {
-        let rdir = out.join(format!("program-{}-seed{}", slug(&run.label), run.seed));
-        let result_path = rdir.join("result.json");
-        if result_path.exists() {
-            let text = std::fs::read_to_string(&result_path)?;
-            let r: ProgramResult = serde_json::from_str(&text)
-                .with_context(|| format!("`{}` is damaged: delete it", result_path.display()))?;
-            if r.run == *run && r.key == program_key(preset)? {
-                log(&format!(
-                    "program {} seed {}: reusing {}",
-                    run.label,
-                    run.seed,
-                    result_path.display()
-                ));
-                programs.push(r);
-                continue;
-            }
+        let dir = out.join(format!("program-{}-seed{}", slug(&run.label), run.seed));
+        let key = program_key(preset)?;
+        let what = format!("program {} seed {}", run.label, run.seed);
+        if let Some(r) = reuse(&dir, |r: &ProgramResult| r.run == *run && r.key == key)? {
+            log(&format!(
+                "{what}: reusing {}",
+                dir.join("result.json").display()
+            ));
+            programs.push(r);
+            continue;
         }
-        log(&format!(
-            "program {} seed {}: training",
-            run.label, run.seed
-        ));
-        let ck = Checkpointing { dir: rdir, stop };
-        let label = run.label.clone();
-        let mut on_epoch = |p: &crate::lego::program_train::ProgramCurvePoint| {
-            if verbose {
-                eprintln!(
-                    "  program {label} epoch {:>3} loss {:.4} acc {:.3}",
-                    p.epoch, p.train_loss, p.accuracy
-                );
-            }
+        log(&format!("{what}: training"));
+        let rd = open(&dir, run, &key, preset_name, run.seed)?;
+        let ro = RunOpts {
+            dir: Some(&rd),
+            stop: opts.stop,
+            progress: opts.verbose.then(|| what.clone()),
+            dev: opts.dev,
         };
-        match train_program_run(preset, run, Some(&ck), &mut on_epoch)? {
-            None => return Ok(None),
-            Some(r) => {
-                crate::io::write_json(&result_path, &r)?;
-                log(&format!(
-                    "program {} seed {}: done in {:.0}s, accuracy {:.3} (majority {:.3})",
-                    run.label, run.seed, r.seconds, r.accuracy, r.majority
-                ));
-                programs.push(r);
-            }
-        }
+        let r = train_program_run(preset, run, &ro)
+            .with_context(|| format!("program run `{}` seed {}", run.label, run.seed))?;
+        crate::io::write_json(&dir.join("result.json"), &r)?;
+        log(&format!(
+            "{what}: done in {:.0}s, accuracy {:.3} (majority {:.3})",
+            r.seconds, r.accuracy, r.majority
+        ));
+        programs.push(r);
     }
     let train_vars = preset.task.as_ref().map(|t| t.train_vars).unwrap_or(0);
-    Ok(Some(ExperimentResults {
+    Ok(ExperimentResults {
         name: exp.experiment.name.clone(),
         kind: exp.experiment.kind,
         train_vars,
         results,
         programs,
-    }))
+    })
 }
 
 /// `"1 local + 1 association"` -> `"1-local-1-association"`.

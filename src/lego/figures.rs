@@ -16,23 +16,19 @@
 //! | `lego/attention_flops` | `lego_attention.toml` | accuracy vs exact forward FLOPs; per position |
 //! | `lego/convolution` | `convolution.toml` | program accuracy over training; LEGO per position |
 
-use crate::figures::{Figure, FigureContext, FigureOutput};
+use crate::lego::charts::{
+    color, curves_chart, labels, mean, of_label, per_position_chart, per_position_summary, round3,
+    uniform_scores, GREY,
+};
 use crate::lego::config::{self, LegoExperiment};
-use crate::lego::experiments::{run_experiment, ExperimentResults, PLAIN_LEGO};
-use crate::lego::heads::{score_head, uniform_attention};
+use crate::lego::experiments::{run_experiment, ExperimentOpts, ExperimentResults, PLAIN_LEGO};
 use crate::lego::train::RunResult;
 use crate::lego::variants::Variant;
-use crate::plot::{Chart, Corner, Mark, Series, COLORS};
-use anyhow::{bail, Context, Result};
-use plotters::style::RGBColor;
+use crate::plot::figure::{Figure, FigureContext, FigureOutput};
+use crate::plot::{Chart, Corner, Mark, Series};
+use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::Path;
-
-const GREY: RGBColor = RGBColor(120, 120, 120);
-
-fn color(i: usize) -> RGBColor {
-    COLORS[i % COLORS.len()]
-}
 
 /// The LEGO figures (see the module table).
 pub fn registered() -> Vec<Figure> {
@@ -93,125 +89,30 @@ pub fn registered() -> Vec<Figure> {
 /// Loads the figure's experiment file and trains or reloads its runs.
 fn results(ctx: &FigureContext) -> Result<(LegoExperiment, ExperimentResults)> {
     let exp = config::load(ctx.config)?;
-    crate::interrupt::install();
     let group = Path::new(&exp.experiment.out_dir)
         .file_name()
         .context("experiment.out_dir has no last component")?;
     let dir = ctx.runs.join("lego").join(group);
     let quiet = ctx.quiet;
+    let dev = crate::nn::device()?;
     let res = run_experiment(
         &exp,
-        ctx.preset.name(),
-        None,
-        None,
-        &dir,
-        &crate::interrupt::requested,
-        &mut |m| {
-            if !quiet {
-                eprintln!("  {m}")
-            }
+        ctx.preset,
+        ExperimentOpts {
+            seeds: None,
+            only: None,
+            dir: &dir,
+            stop: &crate::interrupt::requested,
+            log: &mut |m| {
+                if !quiet {
+                    eprintln!("  {m}")
+                }
+            },
+            verbose: !quiet,
+            dev: &dev,
         },
-        !quiet,
     )?;
-    match res {
-        Some(r) => Ok((exp, r)),
-        None => {
-            bail!("stopped by Ctrl-C: the runs' state is saved; run the same command to resume")
-        }
-    }
-}
-
-/// Distinct labels in first-seen order.
-fn labels(runs: &[RunResult]) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    for x in runs {
-        if !v.contains(&x.run.label) {
-            v.push(x.run.label.clone());
-        }
-    }
-    v
-}
-
-fn of_label<'a>(runs: &'a [RunResult], label: &str) -> Vec<&'a RunResult> {
-    runs.iter().filter(|x| x.run.label == label).collect()
-}
-
-fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
-/// Accuracy per chain position, one line per label (band over seeds), `names[label]` shown.
-fn per_position_chart(
-    title: &str,
-    runs: &[RunResult],
-    train_vars: usize,
-    names: &dyn Fn(&str) -> String,
-) -> Chart {
-    let n = runs.iter().map(|r| r.per_position.len()).max().unwrap_or(0);
-    let x: Vec<f64> = (1..=n).map(|k| k as f64).collect();
-    let mut c = Chart {
-        title: title.into(),
-        x_label: format!("chain position (1-{train_vars} supervised)"),
-        y_label: "test accuracy".into(),
-        // deep positions sit at chance: the upper right is empty
-        legend: Corner::UpperRight,
-        ..Default::default()
-    };
-    for (i, l) in labels(runs).iter().enumerate() {
-        let per: Vec<Vec<f64>> = of_label(runs, l)
-            .iter()
-            .map(|r| r.per_position.clone())
-            .filter(|p| p.len() == n)
-            .collect();
-        if !per.is_empty() {
-            c.series.push(Series::over_runs(
-                names(l),
-                Mark::LinePoints,
-                color(i),
-                x.clone(),
-                &per,
-            ));
-        }
-    }
-    c.series
-        .push(Series::hline("chance", GREY, 0.5, 1.0, n.max(1) as f64));
-    if train_vars < n {
-        let b = train_vars as f64 + 0.5;
-        c.series.push(Series::new(
-            "last supervised | extrapolated",
-            Mark::Dashed,
-            RGBColor(0, 0, 0),
-            vec![b, b],
-            vec![0.45, 1.0],
-        ));
-    }
-    c
-}
-
-/// Per-position accuracy of every run, keyed by label, for the summary.
-fn per_position_summary(runs: &[RunResult]) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for l in labels(runs) {
-        let xs = of_label(runs, &l);
-        let n = xs[0].per_position.len();
-        let v: Vec<f64> = (0..n)
-            .map(|k| {
-                round3(mean(
-                    &xs.iter().map(|r| r.per_position[k]).collect::<Vec<_>>(),
-                ))
-            })
-            .collect();
-        m.insert(l, json!({ "seeds": xs.len(), "per_position_mean": v }));
-    }
-    serde_json::Value::Object(m)
+    Ok((exp, res))
 }
 
 fn per_position(ctx: &FigureContext) -> Result<FigureOutput> {
@@ -225,49 +126,6 @@ fn per_position(ctx: &FigureContext) -> Result<FigureOutput> {
         )],
         summary: json!({ "train_vars": r.train_vars, "runs": per_position_summary(&r.results) }),
     })
-}
-
-/// Supervised (solid) and extrapolated (dashed) accuracy over steps, one pair per label.
-fn curves_chart(title: &str, runs: &[RunResult]) -> Chart {
-    let mut c = Chart {
-        title: title.into(),
-        x_label: "training step".into(),
-        y_label: "test accuracy (mean over positions)".into(),
-        legend: Corner::UpperLeft,
-        ..Default::default()
-    };
-    for (i, l) in labels(runs).iter().enumerate() {
-        let xs = of_label(runs, l);
-        let x: Vec<f64> = xs[0].curve.iter().map(|p| p.step as f64).collect();
-        let same = |r: &&&RunResult| r.curve.len() == x.len();
-        let sup: Vec<Vec<f64>> = xs
-            .iter()
-            .filter(same)
-            .map(|r| r.curve.iter().map(|p| p.acc_supervised).collect())
-            .collect();
-        let ext: Vec<Vec<f64>> = xs
-            .iter()
-            .filter(same)
-            .map(|r| r.curve.iter().map(|p| p.acc_extrapolated).collect())
-            .collect();
-        c.series.push(Series::over_runs(
-            format!("{l} supervised"),
-            Mark::Line,
-            color(i),
-            x.clone(),
-            &sup,
-        ));
-        if ext.iter().flatten().any(|v| v.is_finite()) {
-            c.series.push(Series::over_runs(
-                format!("{l} extrapolated"),
-                Mark::Dashed,
-                color(i),
-                x,
-                &ext,
-            ));
-        }
-    }
-    c
 }
 
 fn training_curves(ctx: &FigureContext) -> Result<FigureOutput> {
@@ -350,24 +208,9 @@ fn mimicking(ctx: &FigureContext) -> Result<FigureOutput> {
     })
 }
 
-/// Exact scores of uniform attention on `count` test sentences of length `n_var`: the level a
-/// head that has not specialised shows.
-fn uniform_scores(n_var: usize, count: usize) -> Result<(f64, f64)> {
-    let sents = Variant::Shuffled.sample(n_var, count, 0x554e49)?;
-    let t = crate::lego::task::seq_len(n_var);
-    let u = uniform_attention(t);
-    let (mut a, mut w) = (Vec::new(), Vec::new());
-    for s in &sents {
-        let sc = score_head(u.view(), &s.tokens)?;
-        a.extend(sc.association);
-        w.extend(sc.window_locality);
-    }
-    Ok((mean(&a), mean(&w)))
-}
-
 fn head_scores(ctx: &FigureContext) -> Result<FigureOutput> {
     let (exp, r) = results(ctx)?;
-    let preset = exp.preset(ctx.preset.name())?;
+    let preset = exp.preset(ctx.preset);
     let n_var = preset.task.as_ref().map(|t| t.n_var).context("no task")?;
     let (heads, layers) = (preset.model.heads, preset.model.layers);
     let (ua, uw) = uniform_scores(n_var, 20)?;
@@ -627,7 +470,7 @@ fn attention_flops(ctx: &FigureContext) -> Result<FigureOutput> {
 
 fn convolution(ctx: &FigureContext) -> Result<FigureOutput> {
     let (exp, r) = results(ctx)?;
-    let preset = exp.preset(ctx.preset.name())?;
+    let preset = exp.preset(ctx.preset);
     let conv = preset
         .convolution
         .as_ref()

@@ -31,6 +31,10 @@ use serde::{Deserialize, Serialize};
 pub const PROGRAM_NAMES: usize = 26;
 /// Largest modulus: literals and values are the single tokens `0`..`9`.
 pub const MAX_MODULUS: u32 = 10;
+/// Most assignments after the literals (a program stays a few tens of thousands of tokens).
+pub const MAX_STATEMENTS: usize = 10_000;
+/// Most print statements.
+pub const MAX_PRINTS: usize = 10_000;
 /// Token id of `=`.
 pub const P_EQ: u32 = 36;
 /// Token id of `+`.
@@ -114,6 +118,11 @@ impl ProgramSpec {
             "0 (a program needs at least one print to predict)",
         )?;
         crate::config::require(
+            self.n_prints <= MAX_PRINTS,
+            "n_prints",
+            format!("{} (at most {MAX_PRINTS})", self.n_prints),
+        )?;
+        crate::config::require(
             (2..=MAX_MODULUS).contains(&self.modulus),
             "modulus",
             format!(
@@ -122,9 +131,9 @@ impl ProgramSpec {
             ),
         )?;
         crate::config::require(
-            self.n_statements <= 10_000,
+            self.n_statements <= MAX_STATEMENTS,
             "n_statements",
-            format!("{} (at most 10000)", self.n_statements),
+            format!("{} (at most {MAX_STATEMENTS})", self.n_statements),
         )
     }
 }
@@ -159,6 +168,17 @@ pub struct Program {
 }
 
 impl Program {
+    /// Programs of `spec` one after another, determined by `seed` alone (the first `n` are
+    /// [`sample_programs`]`(spec, n, seed)`).
+    pub fn stream(spec: &ProgramSpec, seed: u64) -> Result<impl Iterator<Item = Program>> {
+        spec.validate()?;
+        let spec = *spec;
+        let mut rng = seeded(seed);
+        Ok(std::iter::repeat_with(move || {
+            Program::generate(&spec, &mut rng)
+        }))
+    }
+
     /// Draws one program from `spec` (which must be valid, see [`ProgramSpec::validate`]).
     pub fn generate(spec: &ProgramSpec, rng: &mut Rng) -> Self {
         let (v, m) = (spec.n_vars, spec.modulus);
@@ -306,11 +326,7 @@ impl Program {
 
 /// `count` programs from `spec`, determined by `seed` alone.
 pub fn sample_programs(spec: &ProgramSpec, count: usize, seed: u64) -> Result<Vec<Program>> {
-    spec.validate()?;
-    let mut rng = seeded(seed);
-    Ok((0..count)
-        .map(|_| Program::generate(spec, &mut rng))
-        .collect())
+    Ok(Program::stream(spec, seed)?.take(count).collect())
 }
 
 /// A batch of programs as plain arrays. `B` = batch size, `T` = longest program (shorter ones

@@ -1,19 +1,22 @@
-//! Training the program-execution models of the convolution study (issue 6, item 6): an encoder
-//! reads a straight-line program ([`crate::lego::program`]) and predicts every printed value,
-//! softmax cross-entropy over `0..modulus` at the token of the printed variable. Plain attention
-//! and depthwise convolutions after the q/k/v projections (toolkit `qkv_conv`) share everything
-//! else. Padding keys are masked; runs checkpoint every epoch and on Ctrl-C and resume exactly.
+//! Training the program-execution models of the convolution study on the run engine: an
+//! encoder reads a straight-line program ([`crate::lego::program`]) and predicts every printed
+//! value, softmax cross-entropy over `0..modulus` at the token of the printed variable. Plain
+//! attention and depthwise convolutions after the q/k/v projections (toolkit `qkv_conv`) share
+//! everything else. Padding keys are masked. [`ProgramTrainer`] runs epochs over a fixed
+//! training set like the LEGO trainer, and resumes the same way, mid-epoch included.
 
-use crate::lego::config::{Preset, ProgramTaskConfig, Schedule as CfgSchedule};
+use crate::lego::config::{optim_for, Preset, ProgramTaskConfig};
+use crate::lego::epochs::{loss_diverged, Epochs};
+use crate::lego::model::encoder_config;
 use crate::lego::program::{sample_programs, Program, ProgramBatch, PROGRAM_VOCAB_SIZE};
-use crate::lego::train::{encoder_config, resume_checkpoint, save_run_checkpoint, Checkpointing};
+use crate::lego::seeds;
+use crate::lego::train::RunOpts;
 use crate::nn::{num_params, AttnMask, FlopCount, ForwardOpts, Transformer, TransformerConfig};
-use crate::rng::{stream, Rng};
-use crate::train::{backward_step, OptimConfig, OptimKind, Optimizer, Schedule};
-use anyhow::{bail, Context, Result};
+use crate::run::{drive, State, StepOutcome, Trainer};
+use crate::train::{backward_step, Optimizer};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 /// One program model: a label and the q/k/v convolution width (0 = plain attention).
@@ -189,131 +192,159 @@ pub fn majority_baseline(train: &[Program], test: &[Program], modulus: u32) -> f
     hit as f64 / n.max(1) as f64
 }
 
-/// What a checkpoint carries besides tensors.
-#[derive(Serialize, Deserialize, Default)]
-struct Extra {
-    run: String,
-    epoch: usize,
-    step_in_epoch: usize,
-    epoch_loss_sum: f64,
-    curve: Vec<ProgramCurvePoint>,
+/// Program execution on a fixed training set: epochs reshuffled by the run's stream (as the
+/// LEGO trainer's), test accuracy over every print every `eval_every` epochs.
+pub struct ProgramTrainer {
+    model: Transformer,
+    varmap: VarMap,
+    dev: Device,
+    opt: Optimizer,
+    train: Vec<Program>,
+    test: Vec<Program>,
+    epochs: Epochs,
+    first_loss: Option<f64>,
 }
 
-/// Trains one program run on `preset` (`[*.program]`, `[*.model]`, `[*.train]`); `None` when
-/// stopped early (state saved to `dir/program.safetensors`, call again to resume).
+impl ProgramTrainer {
+    /// The model of `run` at its initialisation and its trainer on `preset`, on `dev`.
+    pub fn new(preset: &Preset, run: &ProgramRun, dev: &Device) -> Result<Self> {
+        let pc = preset
+            .program
+            .as_ref()
+            .context("program runs need [*.program]")?;
+        let tc = &preset.train;
+        let cfg = program_transformer_config(preset, run)?;
+        let (model, varmap) =
+            Transformer::build(&cfg, seeds::model_init(run.seed), DType::F32, dev)?;
+        let spec = pc.spec();
+        let train = sample_programs(&spec, pc.n_train, seeds::program_train(run.seed))?;
+        let test = sample_programs(&spec, pc.n_test, seeds::program_test(run.seed))?;
+        let shuffle = seeds::program_shuffle(run.seed);
+        let epochs = Epochs::new(pc.n_train, tc.batch_size, tc.epochs, tc.eval_every, shuffle);
+        let opt = Optimizer::new(optim_for(&tc.optim, epochs.total), &varmap)
+            .context("invalid value in `train.optim`")?;
+        Ok(Self {
+            model,
+            varmap,
+            dev: dev.clone(),
+            opt,
+            train,
+            test,
+            epochs,
+            first_loss: None,
+        })
+    }
+}
+
+impl Trainer for ProgramTrainer {
+    fn total_steps(&self) -> u64 {
+        self.epochs.total
+    }
+
+    fn eval_columns(&self) -> Vec<String> {
+        vec!["epoch".into(), "epoch_loss".into(), "accuracy".into()]
+    }
+
+    fn eval_due(&self, step: u64) -> bool {
+        self.epochs.eval_due(step)
+    }
+
+    fn checkpoint_due(&self, step: u64) -> bool {
+        self.epochs.checkpoint_due(step)
+    }
+
+    fn lr(&self) -> f64 {
+        self.opt.current_lr()
+    }
+
+    fn step(&mut self, step: u64) -> Result<StepOutcome> {
+        let idx = self.epochs.batch(step);
+        let progs: Vec<Program> = idx.iter().map(|&i| self.train[i].clone()).collect();
+        let pt = tensors(&ProgramBatch::new(&progs)?, &self.dev)?;
+        let z = print_logits(&self.model, &pt)?;
+        let loss = crate::nn::cross_entropy(&z, &pt.targets, Some(&pt.present))?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        if !lv.is_finite() {
+            return Ok(StepOutcome::loss(lv));
+        }
+        let stats = backward_step(&loss, &mut self.opt)?;
+        self.first_loss.get_or_insert(lv);
+        self.epochs.record(step, lv);
+        Ok(StepOutcome {
+            loss: lv,
+            grad_norm: Some(stats.grad_norm),
+        })
+    }
+
+    fn evaluate(&mut self, step: u64) -> Result<Vec<f64>> {
+        let (acc, _) = evaluate(&self.model, &self.test, &self.dev)?;
+        let [epoch, loss] = self.epochs.summary(step);
+        Ok(vec![epoch, loss, acc])
+    }
+
+    fn save(&self, st: &mut State) -> Result<()> {
+        st.put_varmap("model", &self.varmap)?;
+        st.put_optimizer("optim", &self.opt)?;
+        if let Some(f) = self.first_loss {
+            st.put_json("first_loss", &f)?;
+        }
+        self.epochs.save(st)
+    }
+
+    fn load(&mut self, st: &State) -> Result<()> {
+        st.load_varmap("model", &self.varmap)?;
+        st.load_optimizer("optim", &mut self.opt)?;
+        self.first_loss = if st.has_json("first_loss") {
+            Some(st.json("first_loss")?)
+        } else {
+            None
+        };
+        self.epochs.load(st, self.opt.step)
+    }
+
+    fn diverged(&self, _step: u64, outcome: &StepOutcome) -> Option<String> {
+        loss_diverged(outcome, self.first_loss)
+    }
+}
+
+/// Trains one program run on `preset` (`[*.program]`, `[*.model]`, `[*.train]`) as `opts`
+/// says, resuming from its directory's checkpoint; stops with [`crate::run::Interrupted`]
+/// when `opts.stop` answers true (state saved, call again to resume).
 pub fn train_program_run(
     preset: &Preset,
     run: &ProgramRun,
-    ckpt: Option<&Checkpointing>,
-    on_epoch: &mut dyn FnMut(&ProgramCurvePoint),
-) -> Result<Option<ProgramResult>> {
-    let started = std::time::Instant::now();
+    opts: &RunOpts,
+) -> Result<ProgramResult> {
     let pc = preset
         .program
         .as_ref()
         .context("program runs need [*.program]")?;
-    let tc = &preset.train;
-    let cfg = program_transformer_config(preset, run)?;
-    let dev = crate::nn::device()?;
-    let (model, varmap): (Transformer, VarMap) =
-        Transformer::build(&cfg, run.seed, DType::F32, &dev)?;
-    let spec = pc.spec();
-    let train = sample_programs(&spec, pc.n_train, run.seed.wrapping_mul(2).wrapping_add(21))?;
-    let test = sample_programs(&spec, pc.n_test, run.seed.wrapping_mul(2).wrapping_add(22))?;
-    let steps_per_epoch = pc.n_train.div_ceil(tc.batch_size);
-    let total = (tc.epochs * steps_per_epoch) as u64;
-    let ocfg = OptimConfig {
-        kind: OptimKind::Adam,
-        lr: tc.lr,
-        weight_decay: 0.0,
-        schedule: match tc.schedule {
-            CfgSchedule::Cosine => Schedule {
-                kind: crate::train::schedule::ScheduleKind::Cosine,
-                warmup_steps: 0,
-                total_steps: total.max(1),
-                final_ratio: 0.0,
-            },
-            CfgSchedule::Constant => Schedule::default(),
-        },
-        ..Default::default()
-    };
-    let mut opt = Optimizer::new(ocfg, &varmap)?;
-    let run_json = serde_json::to_string(&(run, program_key(preset)?))?;
-    let path = ckpt.map(|c| c.dir.join("program.safetensors"));
-    if let Some(c) = ckpt {
-        std::fs::create_dir_all(&c.dir)
-            .with_context(|| format!("creating `{}`", c.dir.display()))?;
-    }
-    let mut extra = Extra {
-        run: run_json.clone(),
-        ..Default::default()
-    };
-    let mut shuffle_rng: Rng = stream(run.seed, 8);
-    if let Some(p) = path.as_ref().filter(|p| p.exists()) {
-        (extra, shuffle_rng) =
-            resume_checkpoint(p, &varmap, &mut opt, &run_json, |e: &Extra| &e.run)?;
-    }
-    while extra.epoch < tc.epochs {
-        let epoch_rng = shuffle_rng.clone();
-        let mut perm: Vec<usize> = (0..train.len()).collect();
-        perm.shuffle(&mut shuffle_rng);
-        for si in extra.step_in_epoch..steps_per_epoch {
-            let idx = &perm[si * tc.batch_size..((si + 1) * tc.batch_size).min(train.len())];
-            let progs: Vec<Program> = idx.iter().map(|&i| train[i].clone()).collect();
-            let pt = tensors(&ProgramBatch::new(&progs)?, &dev)?;
-            let z = print_logits(&model, &pt)?;
-            let loss = crate::nn::cross_entropy(&z, &pt.targets, Some(&pt.present))?;
-            let lv = loss.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() {
-                bail!(
-                    "training loss became {lv} at step {}: lower train.lr",
-                    opt.step
-                );
-            }
-            backward_step(&loss, &mut opt)?;
-            extra.epoch_loss_sum += lv;
-            extra.step_in_epoch = si + 1;
-            if let (Some(c), Some(p)) = (ckpt, path.as_ref()) {
-                if (c.stop)() && extra.step_in_epoch < steps_per_epoch {
-                    save_run_checkpoint(p, &varmap, &opt, &epoch_rng, &extra)?;
-                    return Ok(None);
-                }
-            }
-        }
-        extra.epoch += 1;
-        let done = extra.epoch == tc.epochs;
-        if extra.epoch.is_multiple_of(tc.eval_every) || done {
-            let (acc, _) = evaluate(&model, &test, &dev)?;
-            let point = ProgramCurvePoint {
-                epoch: extra.epoch,
-                step: opt.step,
-                train_loss: extra.epoch_loss_sum / steps_per_epoch as f64,
-                accuracy: acc,
-            };
-            on_epoch(&point);
-            extra.curve.push(point);
-        }
-        extra.step_in_epoch = 0;
-        extra.epoch_loss_sum = 0.0;
-        if let (Some(c), Some(p)) = (ckpt, path.as_ref()) {
-            save_run_checkpoint(p, &varmap, &opt, &shuffle_rng, &extra)?;
-            if (c.stop)() && !done {
-                return Ok(None);
-            }
-        }
-    }
-    let (accuracy, per_print) = evaluate(&model, &test, &dev)?;
+    let mut tr = ProgramTrainer::new(preset, run, opts.dev)?;
+    let out = drive(&mut tr, &opts.drive("train"))?;
+    let b = crate::run::BASE_COLUMNS.len();
+    let curve = out
+        .rows
+        .iter()
+        .map(|r| ProgramCurvePoint {
+            epoch: r[b] as usize,
+            step: r[0] as u64,
+            train_loss: r[b + 1],
+            accuracy: r[b + 2],
+        })
+        .collect();
+    let (accuracy, per_print) = evaluate(&tr.model, &tr.test, &tr.dev)?;
     let t = max_program_len(pc);
-    Ok(Some(ProgramResult {
+    let cfg = tr.model.cfg.clone();
+    Ok(ProgramResult {
         run: run.clone(),
         key: program_key(preset)?,
         forward_flops: FlopCount::new(&cfg, t).forward_per_token * t as u64,
-        params: num_params(&varmap),
+        params: num_params(&tr.varmap),
         model: cfg,
         accuracy,
         per_print,
-        majority: majority_baseline(&train, &test, pc.modulus),
-        curve: extra.curve,
-        seconds: started.elapsed().as_secs_f64(),
-    }))
+        majority: majority_baseline(&tr.train, &tr.test, pc.modulus),
+        curve,
+        seconds: out.wall_seconds,
+    })
 }

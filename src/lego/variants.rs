@@ -141,9 +141,17 @@ impl Variant {
 
     /// `count` sentences of this variant, determined by `seed` alone.
     pub fn sample(self, n_var: usize, count: usize, seed: u64) -> Result<Vec<LegoSentence>> {
+        Ok(self.stream(n_var, seed)?.take(count).collect())
+    }
+
+    /// Sentences of this variant one after another, determined by `seed` alone (the first
+    /// `count` are [`Variant::sample`]).
+    pub fn stream(self, n_var: usize, seed: u64) -> Result<impl Iterator<Item = LegoSentence>> {
         self.spec(n_var).validate()?;
         let mut rng = seeded(seed);
-        Ok((0..count).map(|_| self.generate(n_var, &mut rng)).collect())
+        Ok(std::iter::repeat_with(move || {
+            self.generate(n_var, &mut rng)
+        }))
     }
 }
 

@@ -23,7 +23,7 @@
 //! locality; compare against [`uniform_attention`] rather than against 0.
 //!
 //! ```
-//! use attnlab::lego::heads::{association_target, association_score};
+//! use attnlab::lego::measure::{association_target, association_score};
 //! let tokens = [7, 1, 7, 2];
 //! let target = association_target(&tokens);
 //! // row 0 puts (1 + 1e-3) / (1 + 4e-3) on position 2, the other `7`
