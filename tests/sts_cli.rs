@@ -1,14 +1,11 @@
-//! The `attnlab sts` command-line contract: JSON fields outside checks rely on, and bad input that
-//! gets a clear error naming the field, never a panic.
+//! The `attnlab sts` command-line contract: the JSON fields outside checks rely on, the metrics log
+//! of `sts train` and its resume, and every config under `experiments/sts/` parsing. Bad input is
+//! in `sts_bad_input.rs`.
 
-use std::process::{Command, Output};
+mod common;
 
-fn attnlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnlab"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{attnlab, read_csv};
+use std::process::Output;
 
 fn json(out: &Output) -> serde_json::Value {
     assert!(
@@ -17,16 +14,6 @@ fn json(out: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Fails cleanly (exit code 2, no panic) with a message containing every `needles`.
-fn assert_clean_error(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure");
-    assert!(!err.contains("panicked"), "panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "error does not mention {n:?}: {err}");
-    }
 }
 
 const PREDICT: &[&str] = &[
@@ -94,26 +81,24 @@ fn fcn_bound_prints_both_forms() {
 }
 
 #[test]
-fn train_prints_final_metrics_and_writes_the_curve() {
+fn train_prints_final_metrics_writes_the_metrics_log_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("tiny.toml");
-    let preset = "seed = 3\n[TAG.task]\nt = 6\nd = 2\nq = 2\nde = 16\n[TAG.transformer]\nsteps = 20\nlr = 1.0\nbatch = 256\n[TAG.eval]\nsamples = 256\npoints = 5\ntheory_samples = 256\n";
-    let text = format!(
-        "[cpu]\n{}\n[paper]\n{}",
-        preset.replace("TAG", "cpu"),
-        preset.replace("TAG", "paper")
-    );
-    std::fs::write(&cfg, text).unwrap();
     let out_dir = dir.path().join("run");
-    let v = json(&attnlab(&[
+    let out = out_dir.to_str().unwrap();
+    let args = [
         "sts",
         "train",
         "--config",
-        cfg.to_str().unwrap(),
+        "experiments/sts/train.toml",
+        "--preset",
+        "tiny",
+        "--set",
+        "transformer.steps=30",
         "--out",
-        out_dir.to_str().unwrap(),
+        out,
         "--json",
-    ]));
+    ];
+    let v = json(&attnlab(&args));
     let t = &v["transformer"];
     for k in [
         "loss",
@@ -124,94 +109,19 @@ fn train_prints_final_metrics_and_writes_the_curve() {
         assert!(t[k].as_f64().is_some(), "missing {k}: {v}");
     }
     assert!(t["loss"].as_f64().unwrap() < t["loss_at_zero"].as_f64().unwrap());
-    let curve = std::fs::read_to_string(out_dir.join("transformer_curve.csv")).unwrap();
-    assert!(curve.starts_with("step,loss,"));
-    assert!(curve.lines().count() >= 5);
-}
-
-#[test]
-fn bad_input_gets_a_clear_error() {
-    assert_clean_error(
-        &attnlab(&[
-            "sts", "predict", "--t", "4", "--d", "2", "--q", "5", "--de", "8", "--c", "0",
-        ]),
-        &["q", "cannot exceed", "T = 4"],
+    let (header, rows) = read_csv(&out_dir.join("metrics.csv"));
+    assert_eq!(
+        header[..5],
+        ["step", "wall_s", "lr", "train_loss", "test_loss"]
     );
-    assert_clean_error(
-        &attnlab(&[
-            "sts", "predict", "--t", "0", "--d", "2", "--q", "1", "--de", "8", "--c", "0",
-        ]),
-        &["`t`"],
-    );
-    assert_clean_error(
-        &attnlab(&[
-            "sts", "predict", "--t", "4", "--d", "2", "--q", "1", "--de", "0", "--c", "0",
-        ]),
-        &["`de`"],
-    );
-    assert_clean_error(
-        &attnlab(&[
-            "sts",
-            "predict",
-            "--t",
-            "4",
-            "--d",
-            "2",
-            "--q",
-            "1",
-            "--de",
-            "8",
-            "--c",
-            "0",
-            "--samples",
-            "1",
-        ]),
-        &["samples"],
-    );
-    assert_clean_error(
-        &attnlab(&[
-            "sts",
-            "fcn-bound",
-            "--t",
-            "4",
-            "--d",
-            "2",
-            "--q",
-            "9",
-            "--m",
-            "3",
-        ]),
-        &["q"],
-    );
-    assert_clean_error(
-        &attnlab(&["sts", "train", "--config", "no/such/file.toml"]),
-        &["no/such/file.toml", "does not exist"],
-    );
-
-    let dir = tempfile::tempdir().unwrap();
-    let good = std::fs::read_to_string("experiments/sts/train.toml").unwrap();
-    let typo = dir.path().join("typo.toml");
-    std::fs::write(&typo, good.replacen("lr = ", "lrr = ", 1)).unwrap();
-    assert_clean_error(
-        &attnlab(&["sts", "train", "--config", typo.to_str().unwrap()]),
-        &["unknown field `lrr`", "typo.toml"],
-    );
-    let impossible = dir.path().join("impossible.toml");
-    std::fs::write(&impossible, good.replacen("q = 3", "q = 99", 1)).unwrap();
-    assert_clean_error(
-        &attnlab(&["sts", "train", "--config", impossible.to_str().unwrap()]),
-        &["`q`", "[cpu]"],
-    );
-    let nothing = dir.path().join("nothing.toml");
-    std::fs::write(
-        &nothing,
-        "[cpu]\nseed = 0\n[cpu.task]\nt = 4\nd = 2\nq = 1\nde = 8\n",
-    )
-    .unwrap();
-    assert_clean_error(
-        &attnlab(&["sts", "train", "--config", nothing.to_str().unwrap()]),
-        &["paper"],
-    );
+    assert!(rows.len() >= 5);
+    assert_eq!(rows.last().unwrap()[0], 30.0);
+    // The last row is what the summary reports.
+    let loss_col = header.iter().position(|h| h == "test_loss").unwrap();
+    assert_eq!(rows.last().unwrap()[loss_col], t["loss"].as_f64().unwrap());
+    // The same command again finds the finished run and reports the same numbers.
+    let again = json(&attnlab(&args));
+    assert_eq!(v, again);
 }
 
 #[test]
@@ -221,7 +131,7 @@ fn every_sts_experiment_config_parses() {
     for entry in std::fs::read_dir("experiments/sts").unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
-            attnlab::sts::train::RunFile::load(&p)
+            attnlab::sts::config::RunFile::load(&p)
                 .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
             runs += 1;
         }

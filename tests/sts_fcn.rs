@@ -2,7 +2,8 @@
 //! own certificate, which is at least the bound over all first layers of its width; and at width
 //! far below T d the FCN stays far above the transformer.
 
-use attnlab::sts::fcn::{train_fcn, FcnConfig, FcnOptimizer};
+use attnlab::sts::config::{FcnConfig, FcnOptimizer};
+use attnlab::sts::fcn::train_fcn;
 use attnlab::sts::task::TaskConfig;
 use attnlab::sts::theory::{
     fcn_certificate, fcn_lower_bound_closed_form, fcn_lower_bound_eigh, EncodingSample,

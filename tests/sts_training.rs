@@ -3,13 +3,13 @@
 //! d_e allows with the predicted attention mass, the floor shrinks with d_e, stochastic encodings
 //! generalise to longer sequences while a fixed table does not, and runs are deterministic.
 
+use attnlab::config::Preset;
+use attnlab::sts::config::{with_de, with_fixed_table, RunConfig, RunFile};
+use attnlab::sts::experiments::measure_at_length;
 use attnlab::sts::model::ExactTransformer;
 use attnlab::sts::task::TaskConfig;
-use attnlab::sts::theory::EncodingSample;
-use attnlab::sts::train::{
-    measure_at_length, train_transformer, with_de, with_fixed_table, Preset, RunConfig, RunFile,
-    TransformerResult,
-};
+use attnlab::sts::theory::{fitted_exponent, EncodingSample};
+use attnlab::sts::train::{train_transformer, TransformerResult};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -17,6 +17,7 @@ fn cpu_preset() -> RunConfig {
     RunFile::load(Path::new("experiments/sts/train.toml"))
         .unwrap()
         .preset(Preset::Cpu)
+        .unwrap()
         .clone()
 }
 
@@ -25,7 +26,7 @@ fn cpu_run() -> &'static (RunConfig, TransformerResult) {
     static RUN: OnceLock<(RunConfig, TransformerResult)> = OnceLock::new();
     RUN.get_or_init(|| {
         let cfg = cpu_preset();
-        let r = train_transformer(&cfg, &mut |_| {}).unwrap();
+        let r = train_transformer(&cfg).unwrap();
         (cfg, r)
     })
 }
@@ -99,18 +100,6 @@ fn training_reaches_the_floor_for_its_de_and_the_predicted_attention_mass() {
     );
 }
 
-/// Least-squares slope of log y against log x.
-fn fitted_exponent(xs: &[f64], ys: &[f64]) -> f64 {
-    let lx: Vec<f64> = xs.iter().map(|v| v.ln()).collect();
-    let ly: Vec<f64> = ys.iter().map(|v| v.ln()).collect();
-    let (mx, my) = (
-        lx.iter().sum::<f64>() / lx.len() as f64,
-        ly.iter().sum::<f64>() / ly.len() as f64,
-    );
-    let cov: f64 = lx.iter().zip(&ly).map(|(a, b)| (a - mx) * (b - my)).sum();
-    cov / lx.iter().map(|a| (a - mx) * (a - mx)).sum::<f64>()
-}
-
 #[test]
 fn floor_shrinks_as_de_grows() {
     let (cfg, r64) = cpu_run();
@@ -121,7 +110,7 @@ fn floor_shrinks_as_de_grows() {
         let r = if de == cfg.task.de {
             r64.clone()
         } else {
-            train_transformer(&with_de(cfg, de), &mut |_| {}).unwrap()
+            train_transformer(&with_de(cfg, de)).unwrap()
         };
         let last = r.last();
         assert_loss_matches(
@@ -158,7 +147,7 @@ fn stochastic_encodings_generalise_to_longer_sequences_and_a_fixed_table_does_no
     let t = cfg.task.t;
     let c = model.c();
     let fixed_cfg = with_fixed_table(cfg);
-    let fixed = train_transformer(&fixed_cfg, &mut |_| {}).unwrap();
+    let fixed = train_transformer(&fixed_cfg).unwrap();
     let fixed_model = fixed.model.as_ref().unwrap();
     let in_dist_fixed =
         measure_at_length(fixed_model, &fixed_cfg.task, t, 4096, fixed_cfg.seed).unwrap();
@@ -233,8 +222,8 @@ fn same_seed_same_numbers() {
     tc.batch = 300;
     cfg.eval.samples = 300;
     cfg.eval.theory_samples = 300;
-    let a = train_transformer(&cfg, &mut |_| {}).unwrap();
-    let b = train_transformer(&cfg, &mut |_| {}).unwrap();
+    let a = train_transformer(&cfg).unwrap();
+    let b = train_transformer(&cfg).unwrap();
     assert_eq!(a.model.as_ref().unwrap().w, b.model.as_ref().unwrap().w);
     assert_eq!(
         serde_json::to_string(&a.curve).unwrap(),
@@ -245,9 +234,9 @@ fn same_seed_same_numbers() {
         .num_threads(1)
         .build()
         .unwrap();
-    let c = pool.install(|| train_transformer(&cfg, &mut |_| {}).unwrap());
+    let c = pool.install(|| train_transformer(&cfg).unwrap());
     assert_eq!(a.model.as_ref().unwrap().w, c.model.as_ref().unwrap().w);
     cfg.seed += 1;
-    let d = train_transformer(&cfg, &mut |_| {}).unwrap();
+    let d = train_transformer(&cfg).unwrap();
     assert_ne!(a.model.as_ref().unwrap().w, d.model.as_ref().unwrap().w);
 }

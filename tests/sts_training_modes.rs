@@ -1,8 +1,9 @@
 //! Full-batch GD on a fixed dataset and f32 arithmetic: the other ways to train the exact model.
 
+use attnlab::sts::config::{EvalConfig, Precision, RunConfig, TransformerConfig};
 use attnlab::sts::model::ExactTransformer;
 use attnlab::sts::task::{sample_batch, TaskConfig};
-use attnlab::sts::train::{train_transformer, EvalConfig, Precision, RunConfig, TransformerConfig};
+use attnlab::sts::train::{train_transformer, TransformerResult};
 
 #[test]
 fn full_batch_gd_decreases_the_training_loss_every_step() {
@@ -26,7 +27,7 @@ fn full_batch_gd_decreases_the_training_loss_every_step() {
     );
 }
 
-fn run(precision: Precision, dataset: Option<usize>) -> attnlab::sts::train::TransformerResult {
+fn run(precision: Precision, dataset: Option<usize>) -> TransformerResult {
     let cfg = RunConfig {
         seed: 5,
         task: TaskConfig::new(8, 4, 2, 16),
@@ -45,7 +46,7 @@ fn run(precision: Precision, dataset: Option<usize>) -> attnlab::sts::train::Tra
             theory_samples: 1024,
         },
     };
-    train_transformer(&cfg, &mut |_| {}).unwrap()
+    train_transformer(&cfg).unwrap()
 }
 
 #[test]

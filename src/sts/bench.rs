@@ -4,6 +4,7 @@
 use super::model::{ExactTransformer, Real};
 use super::model_candle::{BatchTensors, CandleTransformer};
 use super::task::{sample_batch, TaskConfig};
+use crate::config::require;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use serde_json::json;
@@ -11,19 +12,25 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// Sequence length T.
     #[arg(long, default_value_t = 64)]
     t: usize,
+    /// Token dimension d.
     #[arg(long, default_value_t = 16)]
     d: usize,
+    /// Subset size q.
     #[arg(long, default_value_t = 4)]
     q: usize,
+    /// Positional-encoding dimension d_e.
     #[arg(long, default_value_t = 64)]
     de: usize,
+    /// Examples per step.
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Seconds of measurement per implementation (after warm-up).
+    /// Seconds of measurement per implementation and precision (after warm-up), in (0, 3600].
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Print one JSON object per precision.
     #[arg(long)]
     json: bool,
 }
@@ -68,10 +75,38 @@ fn candle_rate(
     steps_per_sec(seconds, || m.gd_step(&b, 1e-3).map(|_| ()))
 }
 
+/// Longest measurement accepted: the four measurements then take four hours.
+const MAX_SECONDS: f64 = 3600.0;
+
+fn check(a: &BenchArgs, task: &TaskConfig) -> Result<()> {
+    require(
+        a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= MAX_SECONDS,
+        "seconds",
+        format!(
+            "must be a number of seconds in (0, {MAX_SECONDS}], not {}",
+            a.seconds
+        ),
+    )?;
+    task.validate()?;
+    require(a.batch >= 1, "batch", "must be at least 1")?;
+    task.check_examples(a.batch, "batch")
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     let task = TaskConfig::new(a.t, a.d, a.q, a.de);
-    task.validate()?;
-    let batch = sample_batch(&task, a.batch, None, &mut crate::rng::seeded(0))?;
+    check(&a, &task).map_err(|e| {
+        let mut msg = format!("{e:#}");
+        for f in ["t", "d", "q", "de", "batch", "seconds"] {
+            msg = msg.replace(&format!("`{f}`"), &format!("`--{f}`"));
+        }
+        anyhow::anyhow!(msg)
+    })?;
+    let batch = sample_batch(
+        &task,
+        a.batch,
+        None,
+        &mut crate::rng::seeded(super::seeds::BENCH),
+    )?;
     for (name, dtype) in [("f32", DType::F32), ("f64", DType::F64)] {
         let analytic = if dtype == DType::F32 {
             ndarray_rate::<f32>(&batch, &task, a.seconds)?

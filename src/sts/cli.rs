@@ -1,13 +1,19 @@
 //! `attnlab sts ...`: predictions, bounds, training and the benchmark from the command line.
 
+use super::config::{RunConfig, RunFile};
+use super::fcn::{drive_fcn, FcnResult};
+use super::model::MAX_ABS_C;
 use super::task::{Encoding, Query, TaskConfig};
 use super::theory::{
     fcn_lower_bound_closed_form, fcn_lower_bound_eigh, loss_at_zero, population_loss_mc,
     EncodingSample,
 };
-use super::train::{Preset, RunFile};
-use anyhow::{bail, Result};
+use super::train::{drive_transformer, TransformerResult};
+use crate::config::Preset;
+use crate::run::{DriveOpts, Identity, RunDir};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -49,12 +55,13 @@ struct PredictArgs {
     /// Positional-encoding dimension d_e.
     #[arg(long)]
     de: usize,
-    /// Comma-separated grid of c.
+    /// Comma-separated grid of c, each in [-1e6, 1e6].
     #[arg(long, value_delimiter = ',', required = true)]
     c: Vec<f64>,
     /// Monte-Carlo examples per c.
     #[arg(long, default_value_t = 20000)]
     samples: usize,
+    /// Seed of the Monte-Carlo samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, value_enum, default_value_t = Encoding::Sphere)]
@@ -73,6 +80,7 @@ struct FcnBoundArgs {
     /// First-layer width m.
     #[arg(long)]
     m: usize,
+    /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }
@@ -82,14 +90,21 @@ struct TrainArgs {
     /// A config file under experiments/sts/.
     #[arg(long)]
     config: PathBuf,
+    /// Which preset table of the config to run.
     #[arg(long, value_enum, default_value_t = Preset::Cpu)]
     preset: Preset,
-    /// Overrides the config's seed.
+    /// Overrides one value of the preset, validated like the file (e.g. `--set transformer.lr=2`);
+    /// repeatable.
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    set: Vec<String>,
+    /// Sets the run's seed (default: the config's).
     #[arg(long)]
     seed: Option<u64>,
-    /// Run directory (default runs/sts/<config name>-<preset>-seed<seed>).
+    /// Output directory of the run (default runs/sts/<config name>-<preset>-seed<seed>); the same
+    /// command resumes it, another run is refused there.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print the final metrics as one JSON object (and hide the progress bar).
     #[arg(long)]
     json: bool,
 }
@@ -103,7 +118,22 @@ pub fn run(a: StsArgs) -> Result<()> {
     }
 }
 
+/// A validation error with its config field names (`` `q` ``) written as the flags (`` `--q` ``).
+fn as_flags(e: anyhow::Error, fields: &[&str]) -> anyhow::Error {
+    let mut msg = format!("{e:#}");
+    for f in fields {
+        msg = msg.replace(&format!("`{f}`"), &format!("`--{f}`"));
+    }
+    anyhow!(msg)
+}
+
+const TASK_FLAGS: [&str; 5] = ["t", "d", "q", "de", "samples"];
+
 fn predict(p: PredictArgs) -> Result<()> {
+    predict_in(p).map_err(|e| as_flags(e, &TASK_FLAGS))
+}
+
+fn predict_in(p: PredictArgs) -> Result<()> {
     if p.encoding == Encoding::Fixed {
         bail!("invalid value for `--encoding`: predictions are for stochastic encodings; use sphere or gaussian");
     }
@@ -115,73 +145,75 @@ fn predict(p: PredictArgs) -> Result<()> {
         encoding: p.encoding,
         query: p.query,
     };
-    cfg.validate()
-        .map_err(|e| anyhow::anyhow!("{e} (flag --{})", flag_of(&e.to_string())))?;
-    if p.c.iter().any(|c| !c.is_finite()) {
-        bail!("invalid value for `--c`: every grid point must be a finite number");
+    cfg.validate()?;
+    if let Some(c) =
+        p.c.iter()
+            .find(|c| !(c.is_finite() && c.abs() <= MAX_ABS_C))
+    {
+        bail!(
+            "invalid value for `--c`: {c} is not a number in [-{MAX_ABS_C:e}, {MAX_ABS_C:e}] (attention is one-hot long before)"
+        );
     }
     let integrated = EncodingSample::draw(&cfg, p.samples, None, p.seed)?;
     let mut points = Vec::new();
     for &c in &p.c {
         let mc = population_loss_mc(&cfg, c, p.samples, p.seed)?;
         let at = integrated.at(c);
-        points.push(json!({
-            "c": c, "loss": mc.mean, "stderr": mc.stderr,
-            "loss_x_integrated": at.loss.mean, "stderr_x_integrated": at.loss.stderr,
-            "attention_mass_selected": at.mass.mean,
-        }));
+        let values = [
+            mc.mean,
+            mc.stderr,
+            at.loss.mean,
+            at.loss.stderr,
+            at.mass.mean,
+        ];
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(crate::run::failed(format!(
+                "the estimate at c = {c} is not finite ({values:?})"
+            )));
+        }
+        points.push((c, values));
     }
-    let best = (0..p.c.len())
-        .min_by(|&i, &j| {
-            points[i]["loss"]
-                .as_f64()
-                .unwrap()
-                .total_cmp(&points[j]["loss"].as_f64().unwrap())
-        })
-        .expect("c is required");
-    let out = json!({
-        "t": cfg.t, "d": cfg.d, "q": cfg.q, "de": cfg.de, "samples": p.samples, "seed": p.seed,
-        "loss_at_zero_exact": loss_at_zero(cfg.t, cfg.d, cfg.q),
-        "points": points,
-        "argmin_c": p.c[best],
-        "floor": points[best]["loss"],
-    });
+    let best = (0..points.len())
+        .min_by(|&i, &j| points[i].1[0].total_cmp(&points[j].1[0]))
+        .ok_or_else(|| anyhow!("invalid value for `--c`: give at least one value"))?;
+    let (argmin_c, floor) = (points[best].0, points[best].1[0]);
+    let l0 = loss_at_zero(cfg.t, cfg.d, cfg.q);
     if p.json {
+        let pts: Vec<_> = points
+            .iter()
+            .map(|(c, v)| {
+                json!({
+                    "c": c, "loss": v[0], "stderr": v[1],
+                    "loss_x_integrated": v[2], "stderr_x_integrated": v[3],
+                    "attention_mass_selected": v[4],
+                })
+            })
+            .collect();
+        let out = json!({
+            "t": cfg.t, "d": cfg.d, "q": cfg.q, "de": cfg.de, "samples": p.samples, "seed": p.seed,
+            "loss_at_zero_exact": l0,
+            "points": pts,
+            "argmin_c": argmin_c,
+            "floor": floor,
+        });
         println!("{out}");
     } else {
-        println!("L(0) exact = {:.6}", out["loss_at_zero_exact"]);
-        for pt in out["points"].as_array().unwrap() {
-            println!(
-                "c = {:>8.4}  L = {:.6} +- {:.6}",
-                pt["c"].as_f64().unwrap(),
-                pt["loss"].as_f64().unwrap(),
-                pt["stderr"].as_f64().unwrap()
-            );
+        println!("L(0) exact = {l0:.6}");
+        for (c, v) in &points {
+            println!("c = {c:>8.4}  L = {:.6} +- {:.6}", v[0], v[1]);
         }
-        println!(
-            "argmin over grid: c = {}, floor = {:.6}",
-            out["argmin_c"],
-            out["floor"].as_f64().unwrap()
-        );
+        println!("argmin over grid: c = {argmin_c}, floor = {floor:.6}");
     }
     Ok(())
 }
 
-/// The CLI flag behind a config field named in an error message.
-fn flag_of(msg: &str) -> &'static str {
-    for (field, flag) in [("`q`", "q"), ("`t`", "t"), ("`d`", "d"), ("`de`", "de")] {
-        if msg.contains(field) {
-            return flag;
-        }
-    }
-    "t/d/q/de"
+fn fcn_bound(b: FcnBoundArgs) -> Result<()> {
+    fcn_bound_in(b).map_err(|e| as_flags(e, &TASK_FLAGS))
 }
 
-fn fcn_bound(b: FcnBoundArgs) -> Result<()> {
+fn fcn_bound_in(b: FcnBoundArgs) -> Result<()> {
     let (t, d, q) = (b.task.t, b.task.d, b.task.q);
-    TaskConfig::new(t, d, q, 1)
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{e} (flag --{})", flag_of(&e.to_string())))?;
+    TaskConfig::new(t, d, q, 1).validate_tokens()?;
     let closed = fcn_lower_bound_closed_form(t, d, q, b.m)?;
     let eigh = fcn_lower_bound_eigh(t, d, q, b.m)?;
     let out = json!({"t": t, "d": d, "q": q, "m": b.m, "closed_form": closed, "eigh": eigh, "target_energy": d as f64 / q as f64});
@@ -197,8 +229,7 @@ fn fcn_bound(b: FcnBoundArgs) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let file = RunFile::load(&a.config)?;
-    let mut cfg = file.preset(a.preset).clone();
+    let mut cfg = RunFile::load_preset(&a.config, a.preset, &a.set)?;
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
@@ -207,24 +238,92 @@ fn train(a: TrainArgs) -> Result<()> {
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("run");
-    let preset = format!("{:?}", a.preset).to_lowercase();
+    let preset = a.preset.name();
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from(format!("runs/sts/{name}-{preset}-seed{}", cfg.seed)));
-    let total = cfg.transformer.as_ref().map_or(0, |t| t.steps) as u64;
-    let bar = crate::progress::bar(total, &format!("sts train {name} ({preset})"), a.json);
-    let summary = super::train::run(
-        &cfg,
-        &out,
-        &mut |s| bar.set_position(s as u64),
-        &crate::interrupt::requested,
-    )?;
-    bar.finish_and_clear();
+    let dir = RunDir::open(&out, Identity::of(&cfg, preset, cfg.seed)?)?;
+    let label = (!a.json).then(|| format!("sts train {name} ({preset})"));
+    let summary = run_in(&cfg, &dir, label)?;
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!("{}", serde_json::to_string_pretty(&summary)?);
-        eprintln!("curve and summary written to {}", out.display());
+        eprintln!("metrics and summary written to {}", out.display());
     }
     Ok(())
+}
+
+/// Results of a `sts train` run (what `--json` prints).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub transformer: Option<TransformerSummary>,
+    pub fcn: Option<FcnResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransformerSummary {
+    pub loss: f64,
+    pub loss_stderr: f64,
+    pub attention_mass_selected: f64,
+    pub attention_mass_selected_min: f64,
+    pub off_identity_fraction: f64,
+    pub c: f64,
+    pub predicted_c: f64,
+    pub predicted_loss: f64,
+    pub c_star: f64,
+    pub floor: f64,
+    pub loss_at_zero: f64,
+}
+
+impl From<&TransformerResult> for TransformerSummary {
+    fn from(r: &TransformerResult) -> Self {
+        let p = r.last();
+        Self {
+            loss: p.loss,
+            loss_stderr: p.loss_stderr,
+            attention_mass_selected: p.mass_mean,
+            attention_mass_selected_min: p.mass_min,
+            off_identity_fraction: p.off_identity,
+            c: p.c,
+            predicted_c: p.pred_c,
+            predicted_loss: p.pred_loss,
+            c_star: r.c_star,
+            floor: r.floor,
+            loss_at_zero: r.loss_at_zero,
+        }
+    }
+}
+
+/// Trains whatever `cfg` trains in the run directory `dir`: the transformer as phase `train`
+/// (`checkpoint.safetensors`, `metrics.csv`), then the FCN as phase `fcn`; writes
+/// `summary.json` and `config.json`. An interrupted run saves and resumes where it stopped.
+pub fn run_in(cfg: &RunConfig, dir: &RunDir, progress: Option<String>) -> Result<RunSummary> {
+    cfg.validate()?;
+    let mut summary = RunSummary {
+        transformer: None,
+        fcn: None,
+    };
+    if cfg.transformer.is_some() {
+        let mut opts = DriveOpts::new(Some(dir));
+        opts.progress = progress.clone();
+        let r = drive_transformer(cfg, &opts, None)?;
+        summary.transformer = Some(TransformerSummary::from(&r));
+    }
+    if let Some(fc) = &cfg.fcn {
+        let mut opts = DriveOpts::new(Some(dir));
+        opts.phase = "fcn";
+        opts.progress = progress.map(|l| format!("{l} fcn"));
+        summary.fcn = Some(drive_fcn(
+            &cfg.task,
+            fc,
+            cfg.eval.samples,
+            cfg.seed,
+            &opts,
+            None,
+        )?);
+    }
+    crate::io::write_json(&dir.path().join("summary.json"), &summary)?;
+    crate::io::write_json(&dir.path().join("config.json"), cfg)?;
+    Ok(summary)
 }

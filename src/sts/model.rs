@@ -44,6 +44,11 @@ pub trait Real:
 impl Real for f32 {}
 impl Real for f64 {}
 
+/// Largest |c| accepted for `W = c I` (a prediction's grid, a run's `init_c`). Attention is
+/// one-hot to double precision long before (score gaps above ~40 saturate `exp`), while at
+/// c = 1e308 the scores overflow and every loss is NaN.
+pub const MAX_ABS_C: f64 = 1e6;
+
 /// The trainable parameter: W, `(D, D)` with `D = d + d_e`; rows/cols `0..d` are the token block.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExactTransformer<F: Real> {
@@ -166,6 +171,12 @@ impl<F: Real> ExactTransformer<F> {
 
     /// Mean loss and its analytic gradient with respect to W, `(D, D)`.
     pub fn loss_and_grad(&self, batch: &Batch<F>) -> (F, Array2<F>) {
+        let (loss, grad, _) = self.loss_grad_and_losses(batch);
+        (loss, grad)
+    }
+
+    /// [`ExactTransformer::loss_and_grad`] with the per-example losses beside, `(batch,)`.
+    pub fn loss_grad_and_losses(&self, batch: &Batch<F>) -> (F, Array2<F>, Vec<F>) {
         let n = batch.len();
         let (d, de) = (self.d, self.de);
         let u = self.query_times_w(batch);
@@ -193,13 +204,15 @@ impl<F: Real> ExactTransformer<F> {
             .collect();
         let mut gmat = Array2::zeros((n, d + de));
         let mut loss = F::zero();
+        let mut losses = Vec::with_capacity(n);
         for (b, (gz, l)) in rows.into_iter().enumerate() {
             gmat.row_mut(b).assign(&gz);
             loss = loss + l;
+            losses.push(l);
         }
         let mut grad = Array2::zeros((d + de, d + de));
         grad.slice_mut(s![d.., ..]).assign(&batch.s.t().dot(&gmat));
-        (loss * inv_n, grad)
+        (loss * inv_n, grad, losses)
     }
 
     /// One gradient-descent step `W <- W - lr * grad`; returns the loss before the step.

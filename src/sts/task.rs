@@ -14,6 +14,32 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// Most numbers (f64) one batch of examples, one model or one sample of encodings may hold: 2^30,
+/// 8 GiB. Sizes are checked against it before anything is allocated, so a mistyped size is an
+/// error naming the field instead of an allocation that aborts the process. The largest array of
+/// any preset, the paper's floor_vs_de test set (16384 examples at T = 64, d + d_e = 528), holds
+/// 2^29.04.
+pub const MAX_ENTRIES: usize = 1 << 30;
+
+/// Largest T, d or d_e: far beyond any experiment, and small enough that products of sizes
+/// cannot overflow before [`MAX_ENTRIES`] is checked.
+pub const MAX_DIM: usize = 1 << 24;
+
+/// Largest T d for which the FCN bound is computed by `eigh` and a net's certificate by SVD: the
+/// (T d)^2 second moment is then 32 MiB and its decomposition takes seconds; at T d = 10^5 it
+/// would be 80 GB. The closed form has no such limit.
+pub const MAX_TD: usize = 2048;
+
+/// Fails naming `t` and `d` unless the (T d)^2 second moment fits [`MAX_TD`].
+pub fn check_td(t: usize, d: usize) -> Result<()> {
+    require(
+        t.checked_mul(d).is_some_and(|td| td <= MAX_TD),
+        "t",
+        format!(
+            "T d = {t} x {d} is above the limit of {MAX_TD} for the (T d)^2 second moment (32 MiB, seconds to decompose); lower `t` or `d`"
+        ),
+    )
+}
 /// How positional encodings are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -73,13 +99,39 @@ impl TaskConfig {
 
     /// Checks sizes; errors name the field and the fix.
     pub fn validate(&self) -> Result<()> {
-        require(self.t >= 1, "t", "sequence length T must be at least 1")?;
-        require(self.d >= 1, "d", "token dimension d must be at least 1")?;
+        self.validate_tokens()?;
         require(
             self.de >= 1,
             "de",
             "encoding dimension d_e must be at least 1",
         )?;
+        require(
+            self.de <= MAX_DIM,
+            "de",
+            format!("{} is above the limit of {MAX_DIM}", self.de),
+        )?;
+        let dim = self.d + self.de;
+        require(
+            dim * dim <= MAX_ENTRIES,
+            "de",
+            format!(
+                "W is (d + d_e)^2 = {dim}^2 numbers, above the limit of 2^30 (8 GiB); lower `de` or `d`"
+            ),
+        )?;
+        self.check_examples(1, "t")
+    }
+
+    /// Checks T, d and q alone (what the FCN bound depends on).
+    pub fn validate_tokens(&self) -> Result<()> {
+        for (field, v) in [("t", self.t), ("d", self.d)] {
+            require(
+                v <= MAX_DIM,
+                field,
+                format!("{v} is above the limit of {MAX_DIM}"),
+            )?;
+        }
+        require(self.t >= 1, "t", "sequence length T must be at least 1")?;
+        require(self.d >= 1, "d", "token dimension d must be at least 1")?;
         require(self.q >= 1, "q", "subset size q must be at least 1")?;
         require(
             self.q <= self.t,
@@ -88,8 +140,19 @@ impl TaskConfig {
                 "subset size q = {} cannot exceed the sequence length T = {}; choose q <= T",
                 self.q, self.t
             ),
-        )?;
-        Ok(())
+        )
+    }
+
+    /// Fails naming `field` unless `n` examples (`n T (d + d_e)` numbers) fit in [`MAX_ENTRIES`].
+    pub fn check_examples(&self, n: usize, field: &str) -> Result<()> {
+        let each = self.t.saturating_mul(self.d + self.de);
+        require(
+            n.checked_mul(each).is_some_and(|x| x <= MAX_ENTRIES),
+            field,
+            format!(
+                "{n} examples of T (d + d_e) = {each} numbers each are above the limit of 2^30 numbers (8 GiB); lower `{field}` or the task's sizes"
+            ),
+        )
     }
 
     /// Same task at another sequence length (for length generalisation).
@@ -155,7 +218,7 @@ fn sphere_row(rng: &mut crate::rng::Rng, n: usize) -> Vec<f64> {
 pub fn fixed_table(seed: u64, rows: usize, de: usize) -> Array2<f64> {
     let mut out = Array2::zeros((rows, de));
     for i in 0..rows {
-        let mut rng = crate::rng::stream(seed ^ 0x7ab1e, i as u64);
+        let mut rng = crate::rng::stream(super::seeds::table_seed(seed), i as u64);
         let r = sphere_row(&mut rng, de);
         out.row_mut(i).assign(&ndarray::ArrayView1::from(&r));
     }
@@ -164,7 +227,7 @@ pub fn fixed_table(seed: u64, rows: usize, de: usize) -> Array2<f64> {
 
 /// Examples generated from one seed; chunks are generated in parallel from seeds drawn in order
 /// from the caller's generator, so results do not depend on the number of threads.
-const SAMPLE_CHUNK: usize = 256;
+pub const SAMPLE_CHUNK: usize = 256;
 
 /// Draws `n` examples of `cfg`. `table` is required for [`Encoding::Fixed`] and must have at
 /// least T rows.
@@ -175,6 +238,7 @@ pub fn sample_batch(
     rng: &mut crate::rng::Rng,
 ) -> Result<Batch> {
     cfg.validate()?;
+    cfg.check_examples(n, "examples")?;
     let (t, de) = (cfg.t, cfg.de);
     if cfg.encoding == Encoding::Fixed {
         let rows = table.map(|tb| tb.nrows()).unwrap_or(0);

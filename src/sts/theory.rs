@@ -12,8 +12,9 @@
 //! - Isotropy of the encodings and `x -> -x` symmetry make the population gradient at `c I` equal to
 //!   `(L'(c) / d_e) I_pp`, so GD from zero follows `c_{t+1} = c_t - (eta / d_e) L'(c_t)`.
 
+use super::config::RunConfig;
 use super::model::{selected_mass, ExactTransformer};
-use super::task::{sample_batch, Encoding, TaskConfig};
+use super::task::{check_td, sample_batch, Batch, Encoding, TaskConfig, MAX_ENTRIES};
 use crate::config::require;
 use anyhow::Result;
 use ndarray::{Array1, Array2, Axis};
@@ -69,7 +70,8 @@ pub fn model_loss_mc(
         "encoding",
         "the population loss is defined here for stochastic encodings",
     )?;
-    let mut rng = crate::rng::stream(seed, 11);
+    cfg.check_examples(samples.min(CHUNK), "samples")?;
+    let mut rng = crate::rng::stream(seed, super::seeds::MONTE_CARLO);
     let mut losses = Vec::with_capacity(samples);
     let mut left = samples;
     while left > 0 {
@@ -128,11 +130,22 @@ impl EncodingSample {
             "samples",
             "at least 2 Monte-Carlo samples are needed for a standard error",
         )?;
-        let mut rng = crate::rng::stream(seed, 12);
         let small = TaskConfig {
             d: 1,
             ..cfg.clone()
         };
+        small.check_examples(samples.min(CHUNK), "samples")?;
+        require(
+            samples
+                .checked_mul(2 * cfg.t)
+                .is_some_and(|n| n <= MAX_ENTRIES),
+            "samples",
+            format!(
+                "{samples} samples of T = {} scores and selections are above the limit of 2^30 numbers (8 GiB); lower `samples`",
+                cfg.t
+            ),
+        )?;
+        let mut rng = crate::rng::stream(seed, super::seeds::ENCODING_SAMPLE);
         let mut k = Array2::zeros((samples, cfg.t));
         let mut sel = Array2::zeros((samples, cfg.t));
         let mut start = 0;
@@ -240,6 +253,26 @@ pub fn scalar_recursion(
     cs
 }
 
+/// A model measured on a test set.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Measurement {
+    pub loss: Estimate,
+    /// Attention mass on the selected tokens: mean and worst case over the test set.
+    pub mass_mean: f64,
+    pub mass_min: f64,
+}
+
+/// Measures `model` on `test`.
+pub fn measure(model: &ExactTransformer<f64>, test: &Batch) -> Measurement {
+    let fw = model.forward(test);
+    let mass = selected_mass(&fw.attn, &test.sel);
+    Measurement {
+        loss: Estimate::from_samples(fw.losses.as_slice().expect("contiguous")),
+        mass_mean: mass.mean().unwrap_or(0.0),
+        mass_min: mass.iter().cloned().fold(f64::INFINITY, f64::min),
+    }
+}
+
 /// Mean attention mass on the selected tokens and its minimum for a model on a batch.
 pub fn model_selected_mass(
     model: &ExactTransformer<f64>,
@@ -275,7 +308,7 @@ pub fn selection_second_moment(t: usize, d: usize, q: usize) -> Array2<f64> {
 }
 
 fn check_bound_sizes(t: usize, d: usize, q: usize) -> Result<()> {
-    TaskConfig::new(t, d, q, 1).validate()
+    TaskConfig::new(t, d, q, 1).validate_tokens()
 }
 
 /// Closed form of the FCN lower bound: the sum of the `T d - m` smallest eigenvalues of S, which
@@ -283,7 +316,7 @@ fn check_bound_sizes(t: usize, d: usize, q: usize) -> Result<()> {
 /// `(T d - m)(T - q) / (q T (T - 1))`.
 pub fn fcn_lower_bound_closed_form(t: usize, d: usize, q: usize, m: usize) -> Result<f64> {
     check_bound_sizes(t, d, q)?;
-    let k = (t * d).saturating_sub(m);
+    let k = t.saturating_mul(d).saturating_sub(m);
     let n_small = (t - 1) * d;
     let small = if t > 1 {
         (t - q) as f64 / (q as f64 * t as f64 * (t - 1) as f64)
@@ -296,13 +329,16 @@ pub fn fcn_lower_bound_closed_form(t: usize, d: usize, q: usize, m: usize) -> Re
 /// The same bound from the eigenvalues of S computed by `eigh`.
 pub fn fcn_lower_bound_eigh(t: usize, d: usize, q: usize, m: usize) -> Result<f64> {
     check_bound_sizes(t, d, q)?;
+    check_td(t, d)?;
     let (mut ev, _) = selection_second_moment(t, d, q).eigh(UPLO::Lower)?;
     let v = ev.as_slice_mut().expect("contiguous");
     v.sort_by(f64::total_cmp);
+    // `+ 0.0` turns the empty sum's -0 into 0.
     Ok(v.iter()
         .take((t * d).saturating_sub(m))
         .map(|&x| x.max(0.0))
-        .sum())
+        .sum::<f64>()
+        + 0.0)
 }
 
 /// A trained FCN's own certificate `E_y ||M_y (I - P_A)||_F^2 = tr(S) - tr(Q^T S Q)`, where the
@@ -310,6 +346,7 @@ pub fn fcn_lower_bound_eigh(t: usize, d: usize, q: usize, m: usize) -> Result<f6
 /// vec(X), `(m, T d)`. No network whose first layer sees X only through A can beat it.
 pub fn fcn_certificate(a: &Array2<f64>, t: usize, d: usize, q: usize) -> Result<f64> {
     check_bound_sizes(t, d, q)?;
+    check_td(t, d)?;
     require(
         a.ncols() == t * d,
         "a",
@@ -327,4 +364,118 @@ pub fn fcn_certificate(a: &Array2<f64>, t: usize, d: usize, q: usize) -> Result<
     let qmat = vt.slice(ndarray::s![..rank, ..]).t().to_owned();
     let captured = (&qmat * &s.dot(&qmat)).sum();
     Ok(s.diag().sum() - captured)
+}
+
+pub use super::seeds::THEORY_SEED;
+/// Upper end of the search for the minimiser c* of L(c).
+pub const C_MAX: f64 = 100.0;
+
+/// The theory floor `min_c L(c)` at `task`, from the encoding sample drawn with [`THEORY_SEED`].
+pub fn theory_floor(task: &TaskConfig, samples: usize) -> Result<f64> {
+    Ok(EncodingSample::draw(task, samples, None, THEORY_SEED)?
+        .minimise(C_MAX)
+        .loss
+        .mean)
+}
+
+/// The scalar recursion's prediction for `run` at its evaluation steps: `(sample, c_t)` from the
+/// x-integrated estimator on the encoding sample drawn with [`THEORY_SEED`].
+pub fn predicted_curve(run: &RunConfig, steps: &[usize]) -> Result<(EncodingSample, Vec<f64>)> {
+    let tc = run
+        .transformer
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the run has no `[transformer]` table to predict"))?;
+    let sample = EncodingSample::draw(&run.task, run.eval.theory_samples, None, THEORY_SEED)?;
+    let cs = scalar_recursion(&sample, run.task.de, tc.lr, tc.init_c, tc.steps);
+    let c_at = steps.iter().map(|&s| cs[s.min(tc.steps)]).collect();
+    Ok((sample, c_at))
+}
+
+/// Least-squares slope of log y against log x.
+pub fn fitted_exponent(xs: &[f64], ys: &[f64]) -> f64 {
+    let lx: Vec<f64> = xs.iter().map(|v| v.ln()).collect();
+    let ly: Vec<f64> = ys.iter().map(|v| v.ln()).collect();
+    let n = lx.len() as f64;
+    let (mx, my) = (lx.iter().sum::<f64>() / n, ly.iter().sum::<f64>() / n);
+    let cov: f64 = lx.iter().zip(&ly).map(|(a, b)| (a - mx) * (b - my)).sum();
+    cov / lx.iter().map(|a| (a - mx) * (a - mx)).sum::<f64>()
+}
+
+/// Smallest grid value whose error is at most `target`, interpolated log-linearly between the
+/// last grid value above the target and the first at or below it; NaN when none reaches it.
+pub fn needed(grid: &[f64], err: &[f64], target: f64) -> f64 {
+    match err.iter().position(|&e| e <= target) {
+        None => f64::NAN,
+        Some(0) => grid[0],
+        Some(i) => {
+            let (x0, x1, e0, e1) = (grid[i - 1].ln(), grid[i].ln(), err[i - 1], err[i]);
+            (x0 + (x1 - x0) * (e0 - target) / (e0 - e1)).exp()
+        }
+    }
+}
+
+/// Largest d_e [`theory_de_needed`] searches (W and the encoding sample still fit the size limit
+/// there).
+const MAX_DE_SEARCHED: usize = 1 << 14;
+
+/// The smallest d_e whose theory floor is at most `target` (doubling, then bisection).
+pub fn theory_de_needed(task: &TaskConfig, target: f64, samples: usize) -> Result<usize> {
+    let floor = |de| theory_floor(&TaskConfig { de, ..task.clone() }, samples);
+    let mut hi = 1usize;
+    while floor(hi)? > target {
+        hi *= 2;
+        require(
+            hi <= MAX_DE_SEARCHED,
+            "target_fraction",
+            format!("no d_e up to {MAX_DE_SEARCHED} reaches it; raise the target"),
+        )?;
+    }
+    let mut lo = hi / 2;
+    if lo == 0 {
+        return Ok(1);
+    }
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if floor(mid)? <= target {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(hi)
+}
+
+/// The smallest FCN width m whose lower bound is at most `target`.
+pub fn fcn_width_needed(t: usize, d: usize, q: usize, target: f64) -> Result<usize> {
+    for m in 0..=t * d {
+        if fcn_lower_bound_closed_form(t, d, q, m)? <= target {
+            return Ok(m);
+        }
+    }
+    Ok(t * d)
+}
+
+/// The FCN lower bound on a log grid of widths up to `m_max`, with `extra` widths and the last
+/// two before T d (where the bound reaches zero) included: `(widths, bounds)`.
+pub fn fcn_bound_curve(
+    t: usize,
+    d: usize,
+    q: usize,
+    m_max: usize,
+    extra: &[usize],
+) -> Result<(Vec<usize>, Vec<f64>)> {
+    let td = t * d;
+    let mut ms: Vec<usize> = (0..=40)
+        .map(|i| ((m_max as f64).powf(i as f64 / 40.0)).round() as usize)
+        .chain(extra.iter().copied())
+        .chain([td.saturating_sub(1), td])
+        .filter(|&m| m >= 1)
+        .collect();
+    ms.sort_unstable();
+    ms.dedup();
+    let bound = ms
+        .iter()
+        .map(|&m| fcn_lower_bound_closed_form(t, d, q, m))
+        .collect::<Result<_>>()?;
+    Ok((ms, bound))
 }
