@@ -10,16 +10,14 @@ use attnlab::grokking::dyck::{
     max_nesting, sample_dyck, sample_dyck_unconditioned, structure, structure_split, DyckConfig,
     ShortStrings, SplitCriterion,
 };
-use attnlab::grokking::grammar::{
-    self, grammar_split, qf_first_word_correct, ti_main_verb_correct, GrammarExample, GrammarTask,
-    GrammarVocab, Modifier, Pos,
-};
+use attnlab::grokking::grammar::{self, grammar_split, GrammarExample, GrammarTask, Modifier, Pos};
 use attnlab::grokking::tree::BinaryTree;
 use attnlab::grokking::tree_projection::{
     context_free_additive_mask, context_free_key_mask, context_free_mask, cosine_similarity,
     expected_random_tree_score, mean_tscore, project_tree, project_tree_optimal, sci_chart,
     tparseval, tree_score, tscore_exact, tscore_one_split_estimate, tscore_optimal_tree,
 };
+use attnlab::grokking::vocab::{qf_first_word_correct, ti_main_verb_correct, GrammarVocab};
 use attnlab::grokking::SplitSizes;
 use attnlab::rng::seeded;
 use ndarray::Array2;

@@ -8,34 +8,35 @@
 //! cargo test --release --test grokking_experiments -- --ignored
 //! ```
 
+use attnlab::config::Preset;
 use attnlab::grokking::config::{GrokkingExperiment, Task};
-use attnlab::grokking::train::{train_run, GrokOnset, RunData, RunOpts};
+use attnlab::grokking::experiments::{train_run, GrokOnset};
+use attnlab::grokking::task::RunData;
+use attnlab::grokking::train::{RunOpts, RunSpec};
 use std::path::Path;
 
 fn assert_structural_grokking(config: &str, task: Task, depth: usize) {
     let exp = GrokkingExperiment::load(Path::new(config)).unwrap();
-    let preset = exp.cpu;
-    let data = RunData::new(task, &preset).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "attnlab_grok_exp_{task:?}_{depth}_{}",
-        std::process::id()
-    ));
+    let settings = exp.cpu;
+    let data = RunData::new(task, &settings).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let never = || false;
-    let r = train_run(
+    let device = attnlab::nn::device().unwrap();
+    let spec = RunSpec {
         task,
-        &preset,
-        &data,
+        preset: Preset::Cpu,
+        settings: &settings,
         depth,
-        0,
-        &RunOpts {
-            out_dir: dir.clone(),
-            stop: &never,
-            steps: None,
-        },
-    )
-    .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let thr = preset.eval.grok_threshold;
+        seed: 0,
+    };
+    let opts = RunOpts {
+        dir: dir.path().to_path_buf(),
+        stop: &never,
+        progress: None,
+        device: &device,
+    };
+    let r = train_run(&spec, &data, &opts).unwrap();
+    let thr = settings.eval.grok_threshold;
     let curve: Vec<(usize, f64, f64)> = r
         .curve
         .iter()

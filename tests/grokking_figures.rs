@@ -3,6 +3,7 @@
 //! the share of runs whose generalisation accuracy reaches the threshold at some evaluation, and a finished
 //! run is read, never retrained.
 
+use attnlab::config::Preset;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -54,7 +55,13 @@ fn metrics(path: &Path) -> HashMap<String, Vec<f64>> {
     let mut cols: HashMap<String, Vec<f64>> = header.iter().map(|h| (h.clone(), vec![])).collect();
     for l in lines {
         for (h, v) in header.iter().zip(l.split(',')) {
-            cols.get_mut(h).unwrap().push(v.parse().unwrap());
+            // The engine writes a missing value (NaN) as an empty field.
+            let x = if v.is_empty() {
+                f64::NAN
+            } else {
+                v.parse().unwrap()
+            };
+            cols.get_mut(h).unwrap().push(x);
         }
     }
     cols
@@ -140,21 +147,26 @@ fn tiny_figures_plot_the_runs_early_stop_and_do_not_retrain() {
     assert_eq!(before, files.iter().map(|f| mtime(f)).collect::<Vec<_>>());
 }
 
-/// Writes a finished run by hand: `gen[i]` and `ind[i]` at steps 0, 10, 20, 30.
+/// Writes a finished run by hand: `gen[i]` and `ind[i]` at steps 0, 10, 20, 30. Odd seeds use
+/// the run engine's schema (`wall_s`, `lr`, missing values empty), even seeds the older one
+/// (`NaN`), so both are read by column name.
 fn fake_run(dir: &Path, depth: usize, seed: u64, ind: [f64; 4], gen: [f64; 4]) {
     std::fs::create_dir_all(dir).unwrap();
-    let mut csv = String::from(
-        "step,train_loss,in_domain_acc,gen_acc,weight_norm,sparsity,tscore,tparseval,tparseval_right_branching\n",
-    );
+    let engine = seed % 2 == 1;
+    let mut csv = String::from(if engine {
+        "step,wall_s,lr,train_loss,in_domain_acc,gen_acc,weight_norm,sparsity,tscore,tparseval,tparseval_right_branching\n"
+    } else {
+        "step,train_loss,in_domain_acc,gen_acc,weight_norm,sparsity,tscore,tparseval,tparseval_right_branching\n"
+    });
     let mut curve = Vec::new();
     for i in 0..4 {
         let step = 10 * i;
-        csv.push_str(&format!(
-            "{step},1.0,{},{},{},-1.0,0.1,NaN,NaN\n",
-            ind[i],
-            gen[i],
-            1.0 + i as f64
-        ));
+        let (ind, gen, wn) = (ind[i], gen[i], 1.0 + i as f64);
+        csv.push_str(&if engine {
+            format!("{step},0.5,0.001,1.0,{ind},{gen},{wn},-1.0,0.1,,\n")
+        } else {
+            format!("{step},1.0,{ind},{gen},{wn},-1.0,0.1,NaN,NaN\n")
+        });
         curve.push(serde_json::json!({"step": step}));
     }
     std::fs::write(dir.join("metrics.csv"), csv).unwrap();
@@ -287,12 +299,12 @@ fn a_config_without_the_requested_preset_is_named_in_the_error() {
         &exp.join("grokking/question_formation.toml"),
     )
     .unwrap();
-    assert!(e.tiny.is_none() && e.preset("cpu").is_ok() && e.preset("tiny").is_err());
+    assert!(e.tiny.is_none() && e.preset(Preset::Cpu).is_ok() && e.preset(Preset::Tiny).is_err());
 }
 
 #[test]
 fn grok_onset_is_the_first_saturation_and_the_first_crossing_after_it() {
-    use attnlab::grokking::train::{EvalRow, GrokOnset};
+    use attnlab::grokking::experiments::{EvalRow, GrokOnset};
     let row = |step: usize, ind: f64, gen: f64| EvalRow {
         step,
         train_loss: 1.0,

@@ -1,17 +1,23 @@
 //! Training-side checks of the structural-grokking replication: the sparsity metric, the
-//! context-free span encoding, resumption after a stop, and that a tiny decoder learns Dyck.
+//! context-free span encoding, resumption after a stop on the run engine, and that a tiny decoder
+//! learns Dyck.
 
-use attnlab::grokking::config::{GrokkingExperiment, Preset, Task};
-use attnlab::grokking::train::{
-    attention_sparsity, context_free_states, load_run_model, model_config, projection_check,
-    train_run, RunData, RunOpts, RunResult,
-};
+use attnlab::config::Preset;
+use attnlab::grokking::config::{GrokkingExperiment, Settings, Task};
+use attnlab::grokking::experiments::{train_run, RunResult};
+use attnlab::grokking::measure::{attention_sparsity, context_free_states, projection_check};
+use attnlab::grokking::model::model_config;
+use attnlab::grokking::task::RunData;
+use attnlab::grokking::train::{load_run_model, RunOpts, RunSpec};
 use attnlab::nn::{ForwardOpts, Transformer};
+use attnlab::run::exit_code;
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-fn tiny_dyck() -> Preset {
+mod common;
+
+fn tiny_dyck() -> Settings {
     let e = GrokkingExperiment::load(Path::new("experiments/grokking/dyck.toml")).unwrap();
     let mut p = e.cpu;
     p.data.train = 2000;
@@ -25,7 +31,7 @@ fn tiny_dyck() -> Preset {
     p.model.heads = 2;
     p.model.ffn = 64;
     p.optim.lr = 3e-3;
-    p.optim.warmup_steps = 20;
+    p.optim.schedule.warmup_steps = 20;
     p.train.batch = 32;
     p.eval.every = 10;
     p.eval.train_examples = 8;
@@ -33,27 +39,45 @@ fn tiny_dyck() -> Preset {
     p
 }
 
+fn spec(p: &Settings, seed: u64) -> RunSpec<'_> {
+    RunSpec {
+        task: Task::Dyck,
+        preset: Preset::Tiny,
+        settings: p,
+        depth: 2,
+        seed,
+    }
+}
+
 /// Trains `p` at depth 2 on Dyck for `steps` steps into `dir`.
 fn train_tiny(
-    p: &Preset,
+    p: &Settings,
     data: &RunData,
     seed: u64,
     dir: std::path::PathBuf,
     stop: &(dyn Fn() -> bool + Sync),
     steps: usize,
 ) -> anyhow::Result<RunResult> {
-    train_run(
-        Task::Dyck,
-        p,
-        data,
-        2,
-        seed,
-        &RunOpts {
-            out_dir: dir,
-            stop,
-            steps: Some(steps),
-        },
-    )
+    let mut p = p.clone();
+    p.train.steps = steps;
+    let opts = RunOpts {
+        dir,
+        stop,
+        progress: None,
+        device: &Device::Cpu,
+    };
+    train_run(&spec(&p, seed), data, &opts)
+}
+
+/// A metrics CSV without its wall-clock column (the only one that differs between runs).
+fn without_wall(csv: &str) -> Vec<String> {
+    csv.lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(1);
+            f.join(",")
+        })
+        .collect()
 }
 
 #[test]
@@ -63,7 +87,7 @@ fn sparsity_equals_direct_recomputation_per_layer() {
     let cfg = model_config(&p, 3, &data);
     let (model, _) = Transformer::build(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
     let lines: Vec<Vec<u32>> = data.train[..6].to_vec();
-    let got = attention_sparsity(&model, &lines, data.pad).unwrap();
+    let got = attention_sparsity(&model, &lines, data.pad, &Device::Cpu).unwrap();
     // Direct: one unpadded line at a time, entropy of every causal row of every head and layer.
     let (mut h_sum, mut rows) = (0.0f64, 0usize);
     let mut per_layer = [0.0f64; 3];
@@ -118,8 +142,8 @@ fn context_free_span_ignores_outside_tokens() {
     b[1] = 1; // outside the span (3, 4), before it
     b[6] = 2; // after it
     let spans = [(3usize, 4usize)];
-    let (ic_a, cf_a) = context_free_states(&model, &a, &spans).unwrap();
-    let (ic_b, cf_b) = context_free_states(&model, &b, &spans).unwrap();
+    let (ic_a, cf_a) = context_free_states(&model, &a, &spans, &Device::Cpu).unwrap();
+    let (ic_b, cf_b) = context_free_states(&model, &b, &spans, &Device::Cpu).unwrap();
     let d = cfg.d_model;
     let span = |v: &[f32]| v[3 * d..5 * d].to_vec();
     let diff = |x: &[f32], y: &[f32]| {
@@ -143,22 +167,38 @@ fn context_free_span_ignores_outside_tokens() {
 fn stopped_run_resumes_to_identical_metrics() {
     let p = tiny_dyck();
     let data = RunData::new(Task::Dyck, &p).unwrap();
-    let root = std::env::temp_dir().join(format!("attnlab_grok_resume_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let root = tempfile::tempdir().unwrap();
     let never = || false;
-    let full = train_tiny(&p, &data, 7, root.join("full"), &never, 30).unwrap();
+    let full = train_tiny(&p, &data, 7, root.path().join("full"), &never, 30).unwrap();
+    // The stop is polled before every update: the 13th poll stops after 12 updates, two past
+    // the last evaluation (step 10).
     let calls = AtomicUsize::new(0);
     let stop_at_13 = || calls.fetch_add(1, Ordering::SeqCst) + 1 == 13;
-    let dir = root.join("stopped");
-    let first = train_tiny(&p, &data, 7, dir.clone(), &stop_at_13, 30).unwrap();
-    assert!(!first.completed);
-    assert!(first.curve.len() < full.curve.len());
-    // The checkpoint belongs to this learning rate: another one is refused, not mixed in.
+    let dir = root.path().join("stopped");
+    let e = train_tiny(&p, &data, 7, dir.clone(), &stop_at_13, 30).unwrap_err();
+    assert_eq!(exit_code(&e), 130, "{e:#}");
+    assert!(format!("{e:#}").contains("rerun the same command"), "{e:#}");
+    // What `grokking project` loads is the checkpoint's own step, not the last evaluation's.
+    let mut p30 = p.clone();
+    p30.train.steps = 30;
+    let (_, step) = load_run_model(&spec(&p30, 7), &data, &dir, &Device::Cpu).unwrap();
+    assert_eq!(step, 12);
+    // The directory belongs to this learning rate: another one is refused, not mixed in, and
+    // so is loading its checkpoint for another config.
     let mut other_lr = p.clone();
     other_lr.optim.lr *= 0.5;
     let err = train_tiny(&other_lr, &data, 7, dir.clone(), &never, 30)
         .expect_err("resuming under another learning rate must fail");
-    assert!(format!("{err:#}").contains("another run config"), "{err:#}");
+    assert!(format!("{err:#}").contains("holds another run"), "{err:#}");
+    assert_eq!(exit_code(&err), 2);
+    other_lr.train.steps = 30;
+    let Err(err) = load_run_model(&spec(&other_lr, 7), &data, &dir, &Device::Cpu) else {
+        panic!("another config's checkpoint must be refused");
+    };
+    assert!(
+        format!("{err:#}").contains("written by another run"),
+        "{err:#}"
+    );
     let resumed = train_tiny(&p, &data, 7, dir.clone(), &never, 30).unwrap();
     assert!(resumed.completed);
     assert_eq!(resumed.curve.len(), 4);
@@ -171,11 +211,18 @@ fn stopped_run_resumes_to_identical_metrics() {
             );
         }
     }
+    let read = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+    let (whole, stopped) = (read(&root.path().join("full")), read(&dir));
+    assert_eq!(without_wall(&whole), without_wall(&stopped));
+    // The engine's schema; Dyck has no gold trees, so its tparseval fields are empty, not NaN.
+    let (header, rows) = common::read_csv(&dir.join("metrics.csv"));
     assert_eq!(
-        std::fs::read_to_string(root.join("full/metrics.csv")).unwrap(),
-        std::fs::read_to_string(dir.join("metrics.csv")).unwrap()
+        header.join(","),
+        "step,wall_s,lr,train_loss,in_domain_acc,gen_acc,weight_norm,sparsity,tscore,tparseval,tparseval_right_branching"
     );
-    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(rows.len(), 4);
+    assert!(!stopped.to_lowercase().contains("nan"), "{stopped}");
+    assert!(rows.iter().all(|r| r[9].is_nan() && r[2] > 0.0));
 }
 
 #[test]
@@ -184,10 +231,9 @@ fn tiny_decoder_learns_tiny_dyck() {
     p.eval.every = 150;
     p.model.dropout = 0.0;
     let data = RunData::new(Task::Dyck, &p).unwrap();
-    let root = std::env::temp_dir().join(format!("attnlab_grok_learn_{}", std::process::id()));
+    let root = tempfile::tempdir().unwrap();
     let never = || false;
-    let r = train_tiny(&p, &data, 0, root.clone(), &never, 300).unwrap();
-    let _ = std::fs::remove_dir_all(&root);
+    let r = train_tiny(&p, &data, 0, root.path().to_path_buf(), &never, 300).unwrap();
     let first = r.curve.first().unwrap().in_domain_acc;
     let last = r.curve.last().unwrap().in_domain_acc;
     // Chance among k = 2 closing brackets is 0.5.
@@ -205,13 +251,14 @@ fn causal_prefix_spans_have_sci_one_and_the_optimal_tree_outscores_the_greedy_on
     // collects a 1 at every left-spine node; the greedy top-down projection does not.
     let p = tiny_dyck();
     let data = RunData::new(Task::Dyck, &p).unwrap();
-    let dir = std::env::temp_dir().join(format!("attnlab_grok_proj_{}", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
     let never = || false;
-    train_tiny(&p, &data, 3, dir.clone(), &never, 20).unwrap();
-    let (model, step) = load_run_model(&p, &data, 2, 3, &dir).unwrap();
+    train_tiny(&p, &data, 3, dir.path().to_path_buf(), &never, 20).unwrap();
+    let mut p20 = p.clone();
+    p20.train.steps = 20;
+    let (model, step) = load_run_model(&spec(&p20, 3), &data, dir.path(), &Device::Cpu).unwrap();
     assert_eq!(step, 20);
-    let c = projection_check(&model, &data, 30).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let c = projection_check(&model, &data, 30, &Device::Cpu).unwrap();
     assert_eq!(c.sentences, 30);
     assert!((c.left_anchored_sci - 1.0).abs() < 1e-5, "{c:?}");
     assert!(c.tscore_optimal >= c.tscore_greedy - 1e-9, "{c:?}");
@@ -220,7 +267,10 @@ fn causal_prefix_spans_have_sci_one_and_the_optimal_tree_outscores_the_greedy_on
         "{c:?}"
     );
     assert!(c.tparseval_greedy.is_nan(), "Dyck has no gold trees");
-    let err = load_run_model(&p, &data, 2, 3, &dir).err().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let err = load_run_model(&spec(&p20, 3), &data, empty.path(), &Device::Cpu)
+        .err()
+        .unwrap();
     assert!(
         format!("{err:#}").contains("train the run first"),
         "{err:#}"
@@ -230,28 +280,24 @@ fn causal_prefix_spans_have_sci_one_and_the_optimal_tree_outscores_the_greedy_on
 #[test]
 fn project_without_a_trained_run_names_the_missing_checkpoint() {
     let out = tempfile::tempdir().unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_attnlab"))
-        .args([
-            "grokking",
-            "project",
-            "--config",
-            "experiments/grokking/dyck.toml",
-            "--preset",
-            "cpu",
-            "--depth",
-            "2",
-            "--seed",
-            "0",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert!(
-        err.contains("checkpoint.safetensors") && err.contains("train the run first"),
-        "{err}"
+    let o = common::attnlab(&[
+        "grokking",
+        "project",
+        "--config",
+        "experiments/grokking/dyck.toml",
+        "--preset",
+        "tiny",
+        "--depth",
+        "2",
+        "--seed",
+        "0",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    common::assert_clean_error(
+        &o,
+        2,
+        &["checkpoint.safetensors", "train the run first"],
+        "project before train",
     );
-    assert!(!err.contains("panicked"), "{err}");
 }

@@ -1,15 +1,25 @@
-//! `attnlab grokking ...`: print samples of the Dyck / QF / TI splits, check the experiment configs.
+//! `attnlab grokking ...`: train an experiment's runs, compare tree projections on their
+//! checkpoints, print samples of the Dyck / QF / TI splits, check the experiment configs.
+//!
+//! `train` and `project` take `--config`, `--preset tiny|cpu|paper`, repeatable `--set
+//! key.path=value`, `--steps` (`--set train.steps=N`), `--depth`, `--seed` and `--out` (the root
+//! of the run directories). An interrupted `train` saves and exits 130; the same command resumes.
 //!
 //! `attnlab grokking sample --task dyck|qf|ti --split train|val|gen --count K --seed S --json`
 //! prints the first `K` examples of the split, one JSON object per line. The whole split is
 //! drawn deterministically from the seed on every call (no cache): the paper-sized Dyck split
 //! (200k / 20k / 20k) takes about a second in release mode, QF / TI (100k / 1k / 10k) less.
 
-use super::config::GrokkingExperiment;
+use super::config::{GrokkingExperiment, Settings, Task, MAX_DEPTH};
 use super::dyck::{self, DyckConfig, SplitCriterion};
+use super::experiments::{run_dir, train_run};
 use super::grammar::{self, GrammarExample, GrammarTask};
+use super::measure::projection_check;
+use super::task::RunData;
+use super::train::{load_run_model, RunOpts, RunSpec};
 use super::SplitSizes;
-use anyhow::{bail, Result};
+use crate::config::Preset;
+use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 use std::io::Write;
@@ -27,7 +37,7 @@ pub enum GrokkingCmd {
     Sample(SampleArgs),
     /// Train the depth sweep (or one depth / seed) of an experiment, writing a metrics CSV per run.
     Train(TrainArgs),
-    /// Greedy vs optimal tree projection on trained runs' final checkpoints.
+    /// Greedy vs optimal tree projection on trained runs' checkpoints (the step each was written at).
     Project(ProjectArgs),
     /// Parse and validate experiment configs (default: every file in experiments/grokking/).
     CheckConfigs {
@@ -105,60 +115,83 @@ pub fn run(a: GrokkingArgs) -> Result<()> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PresetArg {
-    Cpu,
-    Paper,
-}
-
-/// Which runs of an experiment: the config, preset, depth and seed filters and the run root.
+/// Which runs of an experiment: the config (with overrides), preset, depth and seed, and the
+/// root of the run directories.
 #[derive(clap::Args, Debug)]
 pub struct RunSelection {
     /// Experiment file (experiments/grokking/<task>.toml).
     #[arg(long)]
     pub config: PathBuf,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub preset: PresetArg,
-    /// Only this depth (default: every depth of the preset).
+    #[arg(long, value_enum, default_value_t = Preset::Cpu)]
+    pub preset: Preset,
+    /// Override one value of the preset (`key.path=value`, e.g. `optim.lr=3e-4`,
+    /// `train.steps=500`), validated like the file; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Training steps: shorthand for `--set train.steps=N`.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Run only this depth (default: every depth of the preset).
     #[arg(long)]
     pub depth: Option<usize>,
-    /// Only this seed (default: seeds 0..preset.seeds).
+    /// Run only this seed (default: seeds 0..preset.seeds).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Root of the run directories (<out>/<task>/<preset>/depth<L>_seed<S>/).
+    /// Output directory: the root of the run directories (<out>/<task>/<preset>/depth<L>_seed<S>/).
     #[arg(long, default_value = "runs/grokking")]
     pub out: PathBuf,
 }
 
-/// A loaded selection: the task, the preset and its name, and the (depth, seed) pairs in order.
+/// A loaded selection: the task, the preset and its settings, and the (depth, seed) pairs in order.
 struct Selected {
-    task: super::config::Task,
-    name: &'static str,
-    preset: super::config::Preset,
+    task: Task,
+    preset: Preset,
+    settings: Settings,
     runs: Vec<(usize, u64)>,
+}
+
+impl Selected {
+    fn spec(&self, depth: usize, seed: u64) -> RunSpec<'_> {
+        RunSpec {
+            task: self.task,
+            preset: self.preset,
+            settings: &self.settings,
+            depth,
+            seed,
+        }
+    }
 }
 
 impl RunSelection {
     fn load(&self) -> Result<Selected> {
-        let exp = GrokkingExperiment::load(&self.config)?;
-        let (name, preset) = match self.preset {
-            PresetArg::Cpu => ("cpu", exp.cpu),
-            PresetArg::Paper => ("paper", exp.paper),
-        };
+        let mut sets = self.set.clone();
+        if let Some(s) = self.steps {
+            sets.push(format!("train.steps={s}"));
+        }
+        let exp = GrokkingExperiment::load_with(&self.config, self.preset, &sets)?;
+        let settings = exp
+            .preset(self.preset)
+            .with_context(|| format!("in config file `{}`", self.config.display()))?
+            .clone();
+        if let Some(d) = self.depth {
+            if !(1..=MAX_DEPTH).contains(&d) {
+                bail!("invalid value for `--depth`: must be in 1..={MAX_DEPTH}, got {d}");
+            }
+        }
         let depths = self
             .depth
-            .map_or_else(|| preset.depths.clone(), |d| vec![d]);
+            .map_or_else(|| settings.depths.clone(), |d| vec![d]);
         let seeds: Vec<u64> = self
             .seed
-            .map_or_else(|| (0..preset.seeds as u64).collect(), |s| vec![s]);
+            .map_or_else(|| (0..settings.seeds as u64).collect(), |s| vec![s]);
         let runs = depths
             .iter()
             .flat_map(|&d| seeds.iter().map(move |&s| (d, s)))
             .collect();
         Ok(Selected {
             task: exp.task,
-            name,
-            preset,
+            preset: self.preset,
+            settings,
             runs,
         })
     }
@@ -168,9 +201,6 @@ impl RunSelection {
 pub struct TrainArgs {
     #[command(flatten)]
     pub runs: RunSelection,
-    /// Override the preset's number of training steps.
-    #[arg(long)]
-    pub steps: Option<usize>,
     /// Print one JSON summary per run instead of text.
     #[arg(long)]
     pub json: bool,
@@ -186,13 +216,16 @@ pub struct ProjectArgs {
 }
 
 fn project(a: &ProjectArgs) -> Result<()> {
-    use super::train::{load_run_model, projection_check, run_dir, RunData};
+    if a.sentences == 0 {
+        bail!("invalid value for `--sentences`: must be at least 1");
+    }
     let sel = a.runs.load()?;
-    let data = RunData::new(sel.task, &sel.preset)?;
+    let data = RunData::new(sel.task, &sel.settings)?;
+    let device = crate::nn::device()?;
     for &(depth, seed) in &sel.runs {
-        let dir = run_dir(&a.runs.out, sel.task, sel.name, depth, seed);
-        let (model, step) = load_run_model(&sel.preset, &data, depth, seed, &dir)?;
-        let c = projection_check(&model, &data, a.sentences)?;
+        let dir = run_dir(&a.runs.out, sel.task, sel.preset, depth, seed);
+        let (model, step) = load_run_model(&sel.spec(depth, seed), &data, &dir, &device)?;
+        let c = projection_check(&model, &data, a.sentences, &device)?;
         let mut v = serde_json::to_value(&c)?;
         v["depth"] = json!(depth);
         v["seed"] = json!(seed);
@@ -203,47 +236,33 @@ fn project(a: &ProjectArgs) -> Result<()> {
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
-    use super::train::{run_dir, train_run, RunData, RunOpts};
     let sel = a.runs.load()?;
-    let (task, preset) = (sel.task, &sel.preset);
-    let data = RunData::new(task, preset)?;
+    let data = RunData::new(sel.task, &sel.settings)?;
+    let device = crate::nn::device()?;
     for &(depth, seed) in &sel.runs {
-        let out_dir = run_dir(&a.runs.out, task, sel.name, depth, seed);
+        let dir = run_dir(&a.runs.out, sel.task, sel.preset, depth, seed);
         let t0 = std::time::Instant::now();
-        let r = train_run(
-            task,
-            preset,
-            &data,
-            depth,
-            seed,
-            &RunOpts {
-                out_dir: out_dir.clone(),
-                stop: &crate::interrupt::requested,
-                steps: a.steps,
-            },
-        )?;
+        let opts = RunOpts {
+            dir: dir.clone(),
+            stop: &crate::interrupt::requested,
+            progress: (!a.json).then(|| format!("depth {depth} seed {seed}")),
+            device: &device,
+        };
+        let r = train_run(&sel.spec(depth, seed), &data, &opts)?;
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             let last = r.curve.last();
             println!(
-                "depth {depth} seed {seed}: {} in {:.0}s; in-domain {:.3}, gen {:.3}, early stop at {:?} (gen {:.3}), grokked {}; {}",
-                if r.completed { "done" } else { "interrupted" },
+                "depth {depth} seed {seed}: done in {:.0}s; in-domain {:.3}, gen {:.3}, early stop at {:?} (gen {:.3}), grokked {}; {}",
                 t0.elapsed().as_secs_f64(),
                 last.map_or(f64::NAN, |l| l.in_domain_acc),
                 last.map_or(f64::NAN, |l| l.gen_acc),
                 r.early_stop_step,
                 r.gen_at_early_stop.unwrap_or(f64::NAN),
                 r.grokked,
-                out_dir.join("metrics.csv").display()
+                dir.join("metrics.csv").display()
             );
-        }
-        if !r.completed {
-            eprintln!(
-                "interrupted: state saved in `{}`; rerun the same command to resume",
-                out_dir.display()
-            );
-            return Ok(());
         }
     }
     Ok(())
@@ -277,9 +296,7 @@ fn sizes_from_flags(a: &SampleArgs, paper: SplitSizes) -> Result<SplitSizes> {
         val: a.val_size.unwrap_or(paper.val),
         gen: a.gen_size.unwrap_or(paper.gen),
     };
-    if sizes.train == 0 {
-        bail!("--train-size must be at least 1");
-    }
+    sizes.validate(["--train-size", "--val-size", "--gen-size"])?;
     let len = match a.split {
         SplitArg::Train => sizes.train,
         SplitArg::Val => sizes.val,

@@ -1,24 +1,35 @@
 //! Experiment configs of the structural-grokking replication (`experiments/grokking/*.toml`):
-//! one file per task, a `[cpu]` and a `[paper]` preset side by side, each holding the depth sweep,
-//! the data sizes, the model, the optimiser, the training length and the evaluation schedule.
+//! one file per task, `[cpu]`, `[paper]` and (optionally) `[tiny]` presets side by side, each
+//! holding the depth sweep, the data sizes, the model, the optimiser (the shared
+//! [`crate::train::OptimConfig`], schedule included), the training length and the evaluation
+//! schedule.
 //!
 //! Unknown keys are errors (`deny_unknown_fields`), and [`GrokkingExperiment::validate`] checks
-//! ranges, naming the field.
+//! ranges and refuses non-finite numbers, naming the field.
 
 use super::dyck::{DyckConfig, ShortStrings, SplitCriterion};
-use crate::config::{load_toml, require};
+use super::SplitSizes;
+use crate::config::{load_toml_with, parse_toml, require, require_finite, Preset};
+use crate::nn::{NormPlacement, Positions};
+use crate::train::{OptimConfig, ScheduleKind};
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Which task the experiment trains on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     Dyck,
     Qf,
     Ti,
 }
+
+/// Largest model width, FFN width, depth and batch a config may ask for: far above the paper's
+/// (512, 2048, 10, 8), low enough that a typo fails here instead of in the allocator.
+pub const MAX_WIDTH: usize = 16_384;
+pub const MAX_DEPTH: usize = 256;
+pub const MAX_BATCH: usize = 65_536;
 
 /// One experiment file.
 #[derive(Clone, Debug, Deserialize)]
@@ -28,18 +39,18 @@ pub struct GrokkingExperiment {
     pub description: String,
     pub task: Task,
     /// A small run for this machine's CPU.
-    pub cpu: Preset,
+    pub cpu: Settings,
     /// The paper's settings.
-    pub paper: Preset,
-    /// Seconds on a CPU, for the tests of `attnlab figures` (optional: older files lack it).
+    pub paper: Settings,
+    /// Seconds on a CPU, for tests and smoke runs (optional).
     #[serde(default)]
-    pub tiny: Option<Preset>,
+    pub tiny: Option<Settings>,
 }
 
-/// A full set of settings.
-#[derive(Clone, Debug, Deserialize)]
+/// A full set of settings: one preset of an experiment file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct Preset {
+pub struct Settings {
     /// True while the settings are a guess not yet checked by a run.
     #[serde(default)]
     pub provisional: bool,
@@ -52,13 +63,14 @@ pub struct Preset {
     pub seeds: usize,
     pub data: DataConfig,
     pub model: ModelConfig,
+    /// AdamW (or another [`crate::train::OptimKind`]) with its schedule under `[optim.schedule]`.
     pub optim: OptimConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
 }
 
 /// Data sizes and the seed the split is drawn from.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub train: usize,
@@ -71,7 +83,7 @@ pub struct DataConfig {
 }
 
 /// Dyck-(k, m) parameters.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DyckDataConfig {
     pub bracket_types: usize,
@@ -97,31 +109,16 @@ impl DyckDataConfig {
     }
 }
 
-/// Where LayerNorm sits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Norm {
-    Pre,
-    Post,
-}
-
-/// Position encoding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Positions {
-    Sinusoidal,
-    Learned,
-}
-
-/// The decoder-only transformer LM (depth comes from `depths`).
-#[derive(Clone, Debug, Deserialize)]
+/// The decoder-only transformer LM (depth comes from `depths`; vocabulary and length from the
+/// data). Mapped onto [`crate::nn::TransformerConfig`] by [`super::model::model_config`].
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub d_model: usize,
     pub heads: usize,
     pub ffn: usize,
     pub dropout: f64,
-    pub norm: Norm,
+    pub norm: NormPlacement,
     pub positions: Positions,
     pub tied_embeddings: bool,
     /// Token-embedding initialisation std (absent: the toolkit's 0.02). The official code keeps
@@ -134,35 +131,7 @@ pub struct ModelConfig {
     pub embedding_scale_sqrt_d: bool,
 }
 
-/// Learning-rate schedule after the linear warmup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    /// Constant after warmup.
-    Constant,
-    /// Linear decay to zero at `decay_steps` (the official code: 2M steps).
-    LinearDecay,
-}
-
-/// AdamW and its schedule.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimConfig {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub warmup_steps: usize,
-    pub schedule: Schedule,
-    /// Step at which the linear decay reaches zero (`linear_decay` only).
-    #[serde(default)]
-    pub decay_steps: Option<usize>,
-    /// Global gradient-norm clip.
-    pub clip_norm: f64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub batch: usize,
@@ -170,7 +139,7 @@ pub struct TrainConfig {
 }
 
 /// What is measured, how often, on how many examples.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
     /// Steps between evaluations.
@@ -187,7 +156,29 @@ pub struct EvalConfig {
 impl GrokkingExperiment {
     /// Reads and validates an experiment file.
     pub fn load(path: &Path) -> Result<Self> {
-        let e: GrokkingExperiment = load_toml(path)?;
+        Self::load_with(path, Preset::Cpu, &[])
+    }
+
+    /// Reads an experiment file, applies `--set key.path=value` overrides to `preset` (see
+    /// [`crate::config::apply_overrides`]) and validates every preset.
+    pub fn load_with(path: &Path, preset: Preset, sets: &[String]) -> Result<Self> {
+        if path.exists() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("could not read config file `{}`", path.display()))?;
+            let doc: toml::Table = parse_toml(&text)
+                .with_context(|| format!("in config file `{}`", path.display()))?;
+            old_optim_layout(&doc)
+                .with_context(|| format!("in config file `{}`", path.display()))?;
+            // An override of a preset the file lacks would create a partial table; say so first.
+            if !sets.is_empty() && !doc.contains_key(preset.name()) {
+                anyhow::bail!(
+                    "in config file `{}`: {}",
+                    path.display(),
+                    missing_preset(preset)
+                );
+            }
+        }
+        let e: GrokkingExperiment = load_toml_with(path, preset, sets)?;
         e.validate()
             .with_context(|| format!("in config file `{}`", path.display()))?;
         Ok(e)
@@ -203,34 +194,63 @@ impl GrokkingExperiment {
         Ok(())
     }
 
-    /// The preset called `name` (`cpu`, `paper` or `tiny`); an error naming it when the file
-    /// lacks it.
-    pub fn preset(&self, name: &str) -> Result<&Preset> {
-        match name {
-            "cpu" => Ok(&self.cpu),
-            "paper" => Ok(&self.paper),
-            "tiny" => self.tiny.as_ref().with_context(|| {
-                "the experiment file has no [tiny] preset: add a [tiny] table (as in \
-                 experiments/grokking/dyck.toml) or choose --preset cpu|paper"
-                    .to_string()
-            }),
-            _ => anyhow::bail!("unknown preset `{name}`: choose cpu, paper or tiny"),
+    /// The settings of `preset`; an error naming it when the file lacks it.
+    pub fn preset(&self, preset: Preset) -> Result<&Settings> {
+        match preset {
+            Preset::Cpu => Ok(&self.cpu),
+            Preset::Paper => Ok(&self.paper),
+            Preset::Tiny => self
+                .tiny
+                .as_ref()
+                .with_context(|| missing_preset(Preset::Tiny)),
         }
     }
 }
 
-impl Preset {
+/// Files written before the optimiser became [`OptimConfig`] kept the schedule in `[optim]`
+/// (`schedule = "constant"`, `warmup_steps`, `decay_steps`): name the new layout instead of
+/// leaving serde's "unknown field".
+fn old_optim_layout(doc: &toml::Table) -> Result<()> {
+    for (name, t) in doc {
+        let Some(o) = t.get("optim").and_then(|o| o.as_table()) else {
+            continue;
+        };
+        if o.get("schedule").is_some_and(|s| s.is_str())
+            || o.contains_key("warmup_steps")
+            || o.contains_key("decay_steps")
+        {
+            anyhow::bail!(
+                "[{name}.optim] has the old schedule keys: move them into [{name}.optim.schedule] as \
+                 `kind = \"constant\"` or `kind = \"linear\"`, `warmup_steps`, and `total_steps` (was \
+                 `decay_steps`), as in experiments/grokking/dyck.toml"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn missing_preset(p: Preset) -> String {
+    format!(
+        "the experiment file has no [{p}] preset: add a [{p}] table (as in \
+         experiments/grokking/dyck.toml) or choose another --preset"
+    )
+}
+
+impl Settings {
     fn validate(&self, task: Task) -> Result<()> {
         require(
-            !self.depths.is_empty() && self.depths.iter().all(|&d| d >= 1),
+            !self.depths.is_empty() && self.depths.iter().all(|&d| (1..=MAX_DEPTH).contains(&d)),
             "depths",
-            "give at least one depth, each >= 1",
+            format!("give at least one depth, each in 1..={MAX_DEPTH}"),
         )?;
         require(self.seeds >= 1, "seeds", "must be >= 1")?;
         let d = &self.data;
-        require(d.train >= 1, "data.train", "must be >= 1")?;
-        require(d.val >= 1, "data.val", "must be >= 1")?;
-        require(d.gen >= 1, "data.gen", "must be >= 1")?;
+        SplitSizes {
+            train: d.train,
+            val: d.val,
+            gen: d.gen,
+        }
+        .validate(["data.train", "data.val", "data.gen"])?;
         require(
             (task == Task::Dyck) == d.dyck.is_some(),
             "data.dyck",
@@ -242,44 +262,46 @@ impl Preset {
                 .map_err(|e| anyhow::anyhow!("invalid value in [data.dyck]: {e}"))?;
         }
         let m = &self.model;
-        require(m.d_model >= 1, "model.d_model", "must be >= 1")?;
+        require(
+            (1..=MAX_WIDTH).contains(&m.d_model),
+            "model.d_model",
+            format!("must be in 1..={MAX_WIDTH}"),
+        )?;
         require(
             m.heads >= 1 && m.d_model.is_multiple_of(m.heads),
             "model.heads",
             format!("must divide d_model = {}", m.d_model),
         )?;
-        require(m.ffn >= 1, "model.ffn", "must be >= 1")?;
+        require(
+            (1..=MAX_WIDTH).contains(&m.ffn),
+            "model.ffn",
+            format!("must be in 1..={MAX_WIDTH}"),
+        )?;
+        require_finite(m.dropout, "model.dropout")?;
         require(
             (0.0..1.0).contains(&m.dropout),
             "model.dropout",
             "must be in [0, 1)",
         )?;
-        let o = &self.optim;
-        require(o.lr > 0.0, "optim.lr", "must be > 0")?;
+        if let Some(s) = m.embedding_init_std {
+            require_finite(s, "model.embedding_init_std")?;
+            require(
+                s > 0.0,
+                "model.embedding_init_std",
+                "must be > 0 (or absent)",
+            )?;
+        }
+        self.validate_optim()?;
         require(
-            (0.0..1.0).contains(&o.beta1),
-            "optim.beta1",
-            "must be in [0, 1)",
+            (1..=MAX_BATCH).contains(&self.train.batch),
+            "train.batch",
+            format!("must be in 1..={MAX_BATCH}"),
         )?;
-        require(
-            (0.0..1.0).contains(&o.beta2),
-            "optim.beta2",
-            "must be in [0, 1)",
-        )?;
-        require(o.eps > 0.0, "optim.eps", "must be > 0")?;
-        require(o.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0")?;
-        require(o.clip_norm > 0.0, "optim.clip_norm", "must be > 0")?;
-        require(
-            (o.schedule == Schedule::LinearDecay)
-                == o.decay_steps.is_some_and(|s| s > o.warmup_steps),
-            "optim.decay_steps",
-            "give decay_steps > warmup_steps with schedule = \"linear_decay\", and only then",
-        )?;
-        require(self.train.batch >= 1, "train.batch", "must be >= 1")?;
         require(self.train.steps >= 1, "train.steps", "must be >= 1")?;
         let e = &self.eval;
         require(e.every >= 1, "eval.every", "must be >= 1")?;
         require(e.train_examples >= 1, "eval.train_examples", "must be >= 1")?;
+        require_finite(e.grok_threshold, "eval.grok_threshold")?;
         require(
             (0.0..=1.0).contains(&e.grok_threshold),
             "eval.grok_threshold",
@@ -289,6 +311,30 @@ impl Preset {
             (task == Task::Dyck) == e.min_dist.is_some(),
             "eval.min_dist",
             "give min_dist for Dyck experiments and only for them",
+        )
+    }
+
+    fn validate_optim(&self) -> Result<()> {
+        let o = &self.optim;
+        for (field, x) in [
+            ("lr", o.lr),
+            ("beta1", o.beta1),
+            ("beta2", o.beta2),
+            ("eps", o.eps),
+            ("weight_decay", o.weight_decay),
+            ("momentum", o.momentum),
+            ("clip_norm", o.clip_norm),
+            ("schedule.final_ratio", o.schedule.final_ratio),
+        ] {
+            require_finite(x, &format!("optim.{field}"))?;
+        }
+        o.validate().context("in [optim]")?;
+        // A constant schedule reads neither key: refuse them rather than ignore them.
+        require(
+            o.schedule.kind != ScheduleKind::Constant
+                || (o.schedule.total_steps == 0 && o.schedule.final_ratio == 0.0),
+            "optim.schedule.total_steps",
+            "total_steps and final_ratio apply to decaying schedules only (kind = \"linear\" or \"cosine\")",
         )
     }
 }

@@ -279,8 +279,9 @@ pub fn structure_seen(
     }
 }
 
-/// Draws the split deterministically from `seed`: the training set from stream 0, then the
-/// validation and generalisation sets from stream 1 (see the module doc). Fails if the
+/// Draws the split deterministically from `seed`: the training set from stream
+/// [`TRAIN_SET`](super::streams::TRAIN_SET), then the validation and generalisation sets from
+/// [`HELD_OUT`](super::streams::HELD_OUT) (see the module doc). Fails if the
 /// held-out sets cannot be filled within `100 * (val + gen) + 1e6` draws.
 pub fn structure_split(
     cfg: &DyckConfig,
@@ -290,14 +291,14 @@ pub fn structure_split(
 ) -> Result<DyckSplit> {
     cfg.validate()?;
     let k = cfg.bracket_types;
-    let mut rng = stream(seed, 0);
+    let mut rng = stream(seed, super::streams::TRAIN_SET);
     let train: Vec<Vec<u16>> = (0..sizes.train)
         .map(|_| sample_dyck(cfg, &mut rng))
         .collect();
     let seen = seen_structures(&train, k, criterion);
     let train_strings: HashSet<&[u16]> = train.iter().map(|s| s.as_slice()).collect();
     let (mut val, mut gen) = (Vec::new(), Vec::new());
-    let mut rng = stream(seed, 1);
+    let mut rng = stream(seed, super::streams::HELD_OUT);
     let budget = 100 * (sizes.val + sizes.gen) + 1_000_000;
     let mut draws = 0usize;
     while val.len() < sizes.val || gen.len() < sizes.gen {

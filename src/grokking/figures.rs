@@ -10,19 +10,17 @@
 //!   shallowest, the best and the deepest depth;
 //! - `<task>_tparseval`: tparseval over steps with the right-branching baseline (QF / TI).
 //!
-//! Every figure of a task reads the same runs: `compute` first trains every (depth, seed) of the
-//! preset that has no complete `summary.json` under `<--runs>/grokking/` (resuming from its
-//! checkpoint; finished runs are only read), then plots their `metrics.csv`.
+//! Every figure of a task reads the same runs: `compute` first has
+//! [`super::experiments::ensure_runs`] train every (depth, seed) of the preset that has no
+//! complete `summary.json` under `<--runs>/grokking/` (resuming from its checkpoint; finished
+//! runs are only read), then plots their `metrics.csv`.
 
-use super::config::{GrokkingExperiment, Preset, Task};
-use super::train::{self, EvalRow, GrokOnset, IN_DOMAIN_SATURATION};
+use super::config::{GrokkingExperiment, Task};
+use super::experiments::{EvalRow, RunCurve, TaskRuns};
 use crate::figures::{Figure, FigureContext, FigureOutput};
 use crate::plot::{Chart, Corner, Mark, Series, COLORS};
-use anyhow::{bail, Context, Result};
-use rayon::prelude::*;
-use serde::Deserialize;
-use serde_json::json;
-use std::path::{Path, PathBuf};
+use anyhow::{bail, Result};
+use std::path::Path;
 
 /// The grokking figures of `attnlab figures` (see [`crate::figures::registry`]).
 pub fn registered() -> Vec<Figure> {
@@ -85,251 +83,6 @@ pub fn registered() -> Vec<Figure> {
         }
     }
     v
-}
-
-// ---------------------------------------------------------------------------------------------
-// Runs
-
-/// The part of a run's `summary.json` that says whether it finished.
-#[derive(Deserialize)]
-struct SummaryHead {
-    depth: usize,
-    seed: u64,
-    completed: bool,
-    curve: Vec<StepOnly>,
-}
-
-#[derive(Deserialize)]
-struct StepOnly {
-    step: usize,
-}
-
-/// True when `dir/summary.json` records this (depth, seed) trained to `steps`: the run is done
-/// and is only read (its checkpoint may have been deleted).
-pub fn run_is_complete(dir: &Path, depth: usize, seed: u64, steps: usize) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("summary.json")) else {
-        return false;
-    };
-    serde_json::from_str::<SummaryHead>(&text).is_ok_and(|s| {
-        s.completed
-            && s.depth == depth
-            && s.seed == seed
-            && s.curve.last().is_some_and(|r| r.step == steps)
-            && dir.join("metrics.csv").exists()
-    })
-}
-
-/// The runs of one figure config and preset, trained on demand.
-pub struct TaskRuns {
-    pub exp: GrokkingExperiment,
-    pub preset: Preset,
-    /// Every (depth, seed) of the preset, sorted by depth then seed.
-    pub runs: Vec<RunCurve>,
-}
-
-impl TaskRuns {
-    pub fn depths(&self) -> Vec<usize> {
-        let mut d: Vec<usize> = self.runs.iter().map(|r| r.depth).collect();
-        d.dedup();
-        d
-    }
-
-    pub fn at_depth(&self, depth: usize) -> Vec<&RunCurve> {
-        self.runs.iter().filter(|r| r.depth == depth).collect()
-    }
-
-    /// Fraction of the seeds at `depth` whose generalisation accuracy reaches the threshold at
-    /// some evaluation (the paper: "eventually exceeds 80%"; our CPU runs can fall back after).
-    pub fn grok_fraction(&self, depth: usize) -> f64 {
-        let thr = self.preset.eval.grok_threshold;
-        self.fraction(depth, |r| r.rows.iter().any(|e| e.gen_acc >= thr))
-    }
-
-    /// Fraction of the seeds at `depth` whose final generalisation accuracy reaches the threshold.
-    pub fn final_grok_fraction(&self, depth: usize) -> f64 {
-        let thr = self.preset.eval.grok_threshold;
-        self.fraction(depth, |r| r.rows.last().is_some_and(|e| e.gen_acc >= thr))
-    }
-
-    fn fraction(&self, depth: usize, f: impl Fn(&RunCurve) -> bool) -> f64 {
-        let rs = self.at_depth(depth);
-        rs.iter().filter(|r| f(r)).count() as f64 / rs.len().max(1) as f64
-    }
-
-    /// Mean final generalisation accuracy over the seeds at `depth`.
-    pub fn mean_final_gen(&self, depth: usize) -> f64 {
-        mean(
-            self.at_depth(depth)
-                .iter()
-                .filter_map(|r| r.rows.last().map(|e| e.gen_acc)),
-        )
-    }
-
-    /// The depth with the highest grok fraction, ties broken by the mean final generalisation
-    /// accuracy, then by the smaller depth.
-    pub fn best_depth(&self) -> usize {
-        let mut best: Option<(usize, f64, f64)> = None;
-        for d in self.depths() {
-            let (f, g) = (self.grok_fraction(d), self.mean_final_gen(d));
-            if best.is_none_or(|(_, bf, bg)| f > bf || (f == bf && g > bg)) {
-                best = Some((d, f, g));
-            }
-        }
-        best.map_or(0, |b| b.0)
-    }
-
-    /// Per depth: seeds, final in-domain / generalisation, generalisation at the early stop,
-    /// grok fraction; and the best depth.
-    pub fn summary(&self) -> serde_json::Value {
-        let per_depth: Vec<serde_json::Value> = self
-            .depths()
-            .into_iter()
-            .map(|d| {
-                let rs = self.at_depth(d);
-                let fin = |f: fn(&EvalRow) -> f64| {
-                    mean(rs.iter().filter_map(|r| r.rows.last().map(f)))
-                };
-                json!({
-                    "depth": d,
-                    "seeds": rs.len(),
-                    "final_in_domain": fin(|e| e.in_domain_acc),
-                    "final_gen": fin(|e| e.gen_acc),
-                    "gen_at_early_stop": mean(rs.iter().filter_map(|r| r.early_stop().map(|e| e.gen_acc))),
-                    "early_stop_steps": rs.iter().filter_map(|r| r.early_stop().map(|e| e.step)).collect::<Vec<_>>(),
-                    "max_gen": mean(rs.iter().map(|r| r.rows.iter().map(|e| e.gen_acc).fold(f64::NAN, f64::max))),
-                    "grokked_fraction": self.grok_fraction(d),
-                    "final_grokked_fraction": self.final_grok_fraction(d),
-                })
-            })
-            .collect();
-        let thr = self.preset.eval.grok_threshold;
-        let per_run: Vec<serde_json::Value> = self
-            .runs
-            .iter()
-            .map(|r| {
-                let onset = GrokOnset::of(&r.rows, thr);
-                json!({
-                    "depth": r.depth,
-                    "seed": r.seed,
-                    "early_stop_step": r.early_stop().map(|e| e.step),
-                    "gen_at_early_stop": r.early_stop().map(|e| e.gen_acc),
-                    "max_gen": r.rows.iter().map(|e| e.gen_acc).fold(f64::NAN, f64::max),
-                    "final_in_domain": r.rows.last().map(|e| e.in_domain_acc),
-                    "final_gen": r.rows.last().map(|e| e.gen_acc),
-                    "saturated_at": onset.as_ref().map(|o| o.saturated_at),
-                    "gen_at_saturation": onset.as_ref().map(|o| o.gen_at_saturation),
-                    "grokked_at": onset.as_ref().and_then(|o| o.grokked_at),
-                    "structural_grokking": onset.as_ref().is_some_and(GrokOnset::is_structural),
-                })
-            })
-            .collect();
-        json!({
-            "task": format!("{:?}", self.exp.task).to_lowercase(),
-            "grok_threshold": thr,
-            "in_domain_saturation": IN_DOMAIN_SATURATION,
-            "steps": self.preset.train.steps,
-            "per_depth": per_depth,
-            "per_run": per_run,
-            "best_depth": self.best_depth(),
-        })
-    }
-}
-
-fn mean(v: impl Iterator<Item = f64>) -> f64 {
-    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-    if n == 0 {
-        f64::NAN
-    } else {
-        s / n as f64
-    }
-}
-
-/// Loads the experiment file of `ctx`, trains every (depth, seed) of its preset that is not
-/// complete (runs in parallel when rayon has more than one thread), and reads their curves.
-pub fn ensure_runs(ctx: &FigureContext) -> Result<TaskRuns> {
-    let exp = GrokkingExperiment::load(ctx.config)?;
-    let name = ctx.preset.name();
-    let preset = exp
-        .preset(name)
-        .with_context(|| format!("in `{}`", ctx.config.display()))?
-        .clone();
-    let root = ctx.runs.join("grokking");
-    let task = exp.task;
-    let all: Vec<(usize, u64, PathBuf)> = preset
-        .depths
-        .iter()
-        .flat_map(|&d| (0..preset.seeds as u64).map(move |s| (d, s)))
-        .map(|(d, s)| (d, s, train::run_dir(&root, task, name, d, s)))
-        .collect();
-    let steps = preset.train.steps;
-    let pending: Vec<&(usize, u64, PathBuf)> = all
-        .iter()
-        .filter(|(d, s, dir)| !run_is_complete(dir, *d, *s, steps))
-        .collect();
-    if !pending.is_empty() {
-        train_pending(ctx, task, &preset, &pending)?;
-    }
-    let runs = all
-        .iter()
-        .map(|(d, s, dir)| {
-            Ok(RunCurve {
-                depth: *d,
-                seed: *s,
-                rows: parse_metrics(&dir.join("metrics.csv"))?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(TaskRuns { exp, preset, runs })
-}
-
-fn train_pending(
-    ctx: &FigureContext,
-    task: Task,
-    preset: &Preset,
-    pending: &[&(usize, u64, PathBuf)],
-) -> Result<()> {
-    let data = train::RunData::new(task, preset)?;
-    let what = format!("{task:?} runs ({} preset)", ctx.preset.name()).to_lowercase();
-    let bar = crate::progress::bar(pending.len() as u64, &what, ctx.quiet);
-    bar.tick();
-    let one = |&&(depth, seed, ref dir): &&(usize, u64, PathBuf)| -> Result<()> {
-        if crate::interrupt::requested() {
-            return Ok(());
-        }
-        let r = train::train_run(
-            task,
-            preset,
-            &data,
-            depth,
-            seed,
-            &train::RunOpts {
-                out_dir: dir.clone(),
-                stop: &crate::interrupt::requested,
-                steps: None,
-            },
-        )
-        .with_context(|| format!("training depth {depth} seed {seed} in `{}`", dir.display()))?;
-        if r.completed {
-            bar.inc(1);
-        }
-        Ok(())
-    };
-    // Runs in parallel on rayon's threads (candle's matmuls then mostly stay on their own
-    // thread): bit-identical results, and not slower than one run after another with two
-    // threads each when measured on the busy 2-core machine; RAYON_NUM_THREADS=1 is sequential.
-    if rayon::current_num_threads() > 1 && pending.len() > 1 {
-        pending.par_iter().try_for_each(one)?;
-    } else {
-        pending.iter().try_for_each(one)?;
-    }
-    bar.finish_and_clear();
-    if crate::interrupt::requested() {
-        bail!(
-            "interrupted: the runs' state is saved under `{}`; rerun the same command to resume",
-            ctx.runs.join("grokking").display()
-        );
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,7 +174,7 @@ pub fn accuracy_charts(runs: &TaskRuns) -> Result<Vec<Chart>> {
 pub fn grok_fraction_charts(runs: &TaskRuns) -> Vec<Chart> {
     let depths = runs.depths();
     let x: Vec<f64> = depths.iter().map(|&d| d as f64).collect();
-    let thr = runs.preset.eval.grok_threshold;
+    let thr = runs.settings.eval.grok_threshold;
     let frac = Series::new(
         format!("fraction of seeds whose generalisation reaches {thr}"),
         Mark::LinePoints,
@@ -431,7 +184,7 @@ pub fn grok_fraction_charts(runs: &TaskRuns) -> Vec<Chart> {
     );
     // Seeds as the columns of `over_runs`: runs[seed][depth index].
     let per_seed = |f: &dyn Fn(&RunCurve) -> f64| -> Vec<Vec<f64>> {
-        let n = runs.preset.seeds;
+        let n = runs.settings.seeds;
         (0..n)
             .map(|s| {
                 depths
@@ -627,56 +380,7 @@ fn tparseval_figure(ctx: &FigureContext) -> Result<FigureOutput> {
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Reading runs back
-
-/// One run's curve read back from its directory `depth<L>_seed<S>/metrics.csv`.
-#[derive(Clone, Debug)]
-pub struct RunCurve {
-    pub depth: usize,
-    pub seed: u64,
-    pub rows: Vec<EvalRow>,
-}
-
-impl RunCurve {
-    /// Step of the best in-domain accuracy (first on ties).
-    pub fn early_stop(&self) -> Option<&EvalRow> {
-        train::early_stop(&self.rows)
-    }
-}
-
-pub fn parse_metrics(path: &Path) -> Result<Vec<EvalRow>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or_default();
-    if header.split(',').collect::<Vec<_>>() != EvalRow::HEADER {
-        bail!(
-            "`{}` does not have the grokking metrics header",
-            path.display()
-        );
-    }
-    lines
-        .map(|l| {
-            let v: Vec<f64> = l
-                .split(',')
-                .map(|x| x.parse::<f64>())
-                .collect::<std::result::Result<_, _>>()
-                .with_context(|| format!("bad row `{l}` in `{}`", path.display()))?;
-            if v.len() != EvalRow::HEADER.len() {
-                bail!("row `{l}` of `{}` has {} fields", path.display(), v.len());
-            }
-            Ok(EvalRow {
-                step: v[0] as usize,
-                train_loss: v[1],
-                in_domain_acc: v[2],
-                gen_acc: v[3],
-                weight_norm: v[4],
-                sparsity: v[5],
-                tscore: v[6],
-                tparseval: v[7],
-                tparseval_right_branching: v[8],
-            })
-        })
-        .collect()
+/// The runs of the figure's config and preset, trained where missing.
+fn ensure_runs(ctx: &FigureContext) -> Result<TaskRuns> {
+    super::experiments::ensure_runs(ctx.config, ctx.preset, ctx.runs, ctx.quiet)
 }

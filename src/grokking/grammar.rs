@@ -1,6 +1,7 @@
 //! Question formation (QF) and tense inflection (TI) in the style of McCoy, Frank, Linzen (2020):
 //! our own small context-free grammar, the training / validation / generalisation splits, the
-//! linear-rule baseline outputs, gold binary parse trees, and the two accuracy helpers.
+//! linear-rule baseline outputs and gold binary parse trees (the vocabulary and the two accuracy
+//! helpers are in [`super::vocab`]).
 //!
 //! **Grammar.** `S -> NP_subj Aux VP` (QF) or `S -> NP_subj VP` (TI, past tense);
 //! `NP_subj, NP_obj -> Det N | Det N PP | Det N RC`; `PP -> P Det N`;
@@ -43,7 +44,7 @@ use crate::rng::{stream, Rng};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::Rng as _;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// Which of the two McCoy tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -74,8 +75,8 @@ pub enum Modifier {
     Rc,
 }
 
-const DETERMINERS: [&str; 6] = ["the", "some", "my", "your", "our", "her"];
-const NOUNS_SG: [&str; 13] = [
+pub const DETERMINERS: [&str; 6] = ["the", "some", "my", "your", "our", "her"];
+pub const NOUNS_SG: [&str; 13] = [
     "newt",
     "orangutan",
     "peacock",
@@ -90,7 +91,7 @@ const NOUNS_SG: [&str; 13] = [
     "yak",
     "zebra",
 ];
-const NOUNS_PL: [&str; 13] = [
+pub const NOUNS_PL: [&str; 13] = [
     "newts",
     "orangutans",
     "peacocks",
@@ -105,21 +106,21 @@ const NOUNS_PL: [&str; 13] = [
     "yaks",
     "zebras",
 ];
-const PREPOSITIONS: [&str; 8] = [
+pub const PREPOSITIONS: [&str; 8] = [
     "around", "near", "with", "upon", "by", "behind", "above", "below",
 ];
-const RELATIVIZERS: [&str; 2] = ["who", "that"];
+pub const RELATIVIZERS: [&str; 2] = ["who", "that"];
 /// The four QF auxiliaries, the candidates of the first-word metric.
 pub const QF_AUXILIARIES: [&str; 4] = ["do", "does", "don't", "doesn't"];
 const AUX_SG: [&str; 2] = ["does", "doesn't"];
 const AUX_PL: [&str; 2] = ["do", "don't"];
 
 /// A verb: base (present plural), present singular, past; and whether it takes an object.
-struct Verb {
-    base: &'static str,
-    third: &'static str,
-    past: &'static str,
-    transitive: bool,
+pub struct Verb {
+    pub base: &'static str,
+    pub third: &'static str,
+    pub past: &'static str,
+    pub transitive: bool,
 }
 
 const fn v(base: &'static str, third: &'static str, past: &'static str, transitive: bool) -> Verb {
@@ -131,7 +132,7 @@ const fn v(base: &'static str, third: &'static str, past: &'static str, transiti
     }
 }
 
-const VERBS: [Verb; 18] = [
+pub const VERBS: [Verb; 18] = [
     v("giggle", "giggles", "giggled", false),
     v("smile", "smiles", "smiled", false),
     v("sleep", "sleeps", "slept", false),
@@ -520,15 +521,17 @@ where
     panic!("no acceptable example in {REJECTION_LIMIT} draws");
 }
 
-/// Draws the split deterministically from `seed`: training from stream 0, validation from stream
-/// 1 (lines that occur in training are redrawn), generalisation from stream 2.
+/// Draws the split deterministically from `seed`: training from stream
+/// [`TRAIN_SET`](super::streams::TRAIN_SET), validation from [`HELD_OUT`](super::streams::HELD_OUT)
+/// (lines that occur in training are redrawn), generalisation from
+/// [`GRAMMAR_GEN`](super::streams::GRAMMAR_GEN).
 pub fn grammar_split(task: GrammarTask, sizes: SplitSizes, seed: u64) -> Result<GrammarSplit> {
-    let mut rng = stream(seed, 0);
+    let mut rng = stream(seed, super::streams::TRAIN_SET);
     let train: Vec<GrammarExample> = (0..sizes.train)
         .map(|_| sample_in_domain(task, &mut rng))
         .collect();
     let seen: HashSet<Vec<&'static str>> = train.iter().map(|e| e.tokens()).collect();
-    let mut rng = stream(seed, 1);
+    let mut rng = stream(seed, super::streams::HELD_OUT);
     let mut val = Vec::with_capacity(sizes.val);
     let budget = 100 * sizes.val + 100_000;
     let mut draws = 0;
@@ -546,148 +549,9 @@ pub fn grammar_split(task: GrammarTask, sizes: SplitSizes, seed: u64) -> Result<
             val.push(e);
         }
     }
-    let mut rng = stream(seed, 2);
+    let mut rng = stream(seed, super::streams::GRAMMAR_GEN);
     let gen = (0..sizes.gen)
         .map(|_| sample_generalisation(task, &mut rng))
         .collect();
     Ok(GrammarSplit { train, val, gen })
-}
-
-/// The words of a task, in a fixed order, with their ids; markers and punctuation included,
-/// no special tokens (a model appends its own after these).
-#[derive(Clone, Debug)]
-pub struct GrammarVocab {
-    words: Vec<&'static str>,
-    ids: HashMap<&'static str, usize>,
-    pos: HashMap<&'static str, Pos>,
-}
-
-impl GrammarVocab {
-    pub fn new(task: GrammarTask) -> Self {
-        let mut entries: Vec<(&'static str, Option<Pos>)> = Vec::new();
-        entries.extend(DETERMINERS.iter().map(|w| (*w, Some(Pos::Det))));
-        entries.extend(
-            NOUNS_SG
-                .iter()
-                .chain(&NOUNS_PL)
-                .map(|w| (*w, Some(Pos::Noun))),
-        );
-        entries.extend(PREPOSITIONS.iter().map(|w| (*w, Some(Pos::Prep))));
-        entries.extend(RELATIVIZERS.iter().map(|w| (*w, Some(Pos::Rel))));
-        match task {
-            GrammarTask::Qf => {
-                entries.extend(QF_AUXILIARIES.iter().map(|w| (*w, Some(Pos::Aux))));
-                entries.extend(VERBS.iter().map(|v| (v.base, Some(Pos::Verb))));
-            }
-            GrammarTask::Ti => {
-                for v in &VERBS {
-                    for w in [v.past, v.third, v.base] {
-                        entries.push((w, Some(Pos::Verb)));
-                    }
-                }
-            }
-        }
-        let (identity, transformation) = task.markers();
-        entries.extend([".", "?", identity, transformation].map(|w| (w, None)));
-        let mut vocab = GrammarVocab {
-            words: Vec::new(),
-            ids: HashMap::new(),
-            pos: HashMap::new(),
-        };
-        for (w, p) in entries {
-            if let std::collections::hash_map::Entry::Vacant(e) = vocab.ids.entry(w) {
-                e.insert(vocab.words.len());
-                vocab.words.push(w);
-            }
-            if let Some(p) = p {
-                vocab.pos.insert(w, p);
-            }
-        }
-        vocab
-    }
-
-    pub fn len(&self) -> usize {
-        self.words.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
-    }
-
-    /// The id of `word`.
-    pub fn id(&self, word: &str) -> Option<usize> {
-        self.ids.get(word).copied()
-    }
-
-    /// The word with id `id`.
-    pub fn word(&self, id: usize) -> Option<&'static str> {
-        self.words.get(id).copied()
-    }
-
-    /// Part of speech of a sentence word (`None` for markers, punctuation and unknown words).
-    pub fn pos(&self, word: &str) -> Option<Pos> {
-        self.pos.get(word).copied()
-    }
-
-    /// Ids of `words`; fails naming the first unknown word.
-    pub fn encode(&self, words: &[&str]) -> Result<Vec<usize>> {
-        words
-            .iter()
-            .map(|w| {
-                self.id(w)
-                    .ok_or_else(|| anyhow::anyhow!("word `{w}` is not in the vocabulary"))
-            })
-            .collect()
-    }
-}
-
-/// QF first-word accuracy on one example: `scores` (length = vocabulary size) are the model's
-/// scores for the token right after `quest`; correct when, among the four auxiliaries only, the
-/// target's first word scores highest (first maximum on ties).
-pub fn qf_first_word_correct(
-    example: &GrammarExample,
-    scores: &[f32],
-    vocab: &GrammarVocab,
-) -> Result<bool> {
-    if example.task != GrammarTask::Qf || !example.is_transform() {
-        bail!("first-word accuracy applies to question-formation `quest` examples only");
-    }
-    if scores.len() < vocab.len() {
-        bail!(
-            "scores have {} entries, fewer than the {} vocabulary words",
-            scores.len(),
-            vocab.len()
-        );
-    }
-    let mut best: Option<(&str, f32)> = None;
-    for aux in QF_AUXILIARIES {
-        let s = scores[vocab.id(aux).expect("QF vocabulary holds every auxiliary")];
-        if best.is_none_or(|(_, b)| s > b) {
-            best = Some((aux, s));
-        }
-    }
-    Ok(best.map(|(w, _)| w) == Some(example.output[0]))
-}
-
-/// TI main-verb accuracy on one example, given the decoded output (words after the marker, a
-/// final `.` and anything after it ignored): as the official `main_right_tense`, correct when
-/// the decoded words have the target's part-of-speech sequence and the main verb is the target's.
-pub fn ti_main_verb_correct(
-    example: &GrammarExample,
-    decoded: &[&str],
-    vocab: &GrammarVocab,
-) -> bool {
-    let end = decoded
-        .iter()
-        .position(|w| *w == ".")
-        .unwrap_or(decoded.len());
-    let decoded = &decoded[..end];
-    if decoded.len() != example.output.len() {
-        return false;
-    }
-    let same_pos = decoded
-        .iter()
-        .zip(&example.pos)
-        .all(|(w, p)| vocab.pos(w) == Some(*p));
-    same_pos && decoded[example.main_index] == example.output[example.main_index]
 }
