@@ -35,10 +35,10 @@ impl Trainer for Toy {
         vec!["w".into(), "test_loss".into()]
     }
     fn eval_due(&self, step: u64) -> bool {
-        step % 10 == 0
+        step.is_multiple_of(10)
     }
     fn checkpoint_due(&self, step: u64) -> bool {
-        step % 3 == 0
+        step.is_multiple_of(3)
     }
     fn lr(&self) -> f64 {
         self.lr
