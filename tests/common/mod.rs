@@ -50,7 +50,13 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
     let rows = lines
         .map(|l| {
             l.split(',')
-                .map(|f| if f.is_empty() { f64::NAN } else { f.parse().unwrap_or(f64::NAN) })
+                .map(|f| {
+                    if f.is_empty() {
+                        f64::NAN
+                    } else {
+                        f.parse().unwrap_or(f64::NAN)
+                    }
+                })
                 .collect()
         })
         .collect();
