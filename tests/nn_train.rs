@@ -2,9 +2,10 @@
 //! tiny dataset, and checkpoint save / drop / resume reproducing losses bit for bit.
 
 use attnlab::nn::{self, ForwardOpts, Transformer, TransformerConfig};
+use attnlab::rng::Rng;
+use attnlab::run::State;
 use attnlab::train::{
-    self, backward_step, load_checkpoint, save_checkpoint, schedule::ScheduleKind, OptimConfig,
-    OptimKind, Optimizer, Schedule,
+    backward_step, schedule::ScheduleKind, OptimConfig, OptimKind, Optimizer, Schedule,
 };
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarMap};
@@ -248,27 +249,27 @@ fn save_drop_resume_gives_identical_losses() {
     let mut opt = Optimizer::new(ocfg.clone(), &vm).unwrap();
     let (mut dr, mut pr) = (attnlab::rng::seeded(1), attnlab::rng::seeded(2));
     let mut straight = train(&m, &mut opt, &mut dr, &mut pr, 5);
-    save_checkpoint(
-        &ck,
-        &vm,
-        &opt,
-        &[("data", &dr), ("dropout", &pr)],
-        "{\"k\":1}",
-    )
-    .unwrap();
+    let save = |vm: &VarMap, opt: &Optimizer, dr: &Rng, pr: &Rng| {
+        let mut st = State::new();
+        st.put_varmap("param", vm).unwrap();
+        st.put_optimizer("optim", opt).unwrap();
+        st.put_rng("data", dr);
+        st.put_rng("dropout", pr);
+        st.put_json("k", &1).unwrap();
+        st.write(&ck).unwrap();
+    };
+    save(&vm, &opt, &dr, &pr);
     straight.extend(train(&m, &mut opt, &mut dr, &mut pr, 7));
     drop((m, vm, opt));
 
     // A new process: different seed, then everything restored from the checkpoint.
     let (m, vm) = Transformer::build(&cfg, 1234, DType::F32, &Device::Cpu).unwrap();
     let mut opt = Optimizer::new(ocfg, &vm).unwrap();
-    let r = load_checkpoint(&ck, &vm, &mut opt).unwrap();
-    assert_eq!((r.step, r.extra.as_str()), (5, "{\"k\":1}"));
-    let mut rngs = r.rngs;
-    let (mut dr, mut pr) = (
-        rngs.remove("data").unwrap(),
-        rngs.remove("dropout").unwrap(),
-    );
+    let st = State::read(&ck).unwrap();
+    st.load_varmap("param", &vm).unwrap();
+    st.load_optimizer("optim", &mut opt).unwrap();
+    assert_eq!((opt.step, st.json::<i32>("k").unwrap()), (5, 1));
+    let (mut dr, mut pr) = (st.rng("data").unwrap(), st.rng("dropout").unwrap());
     let resumed = train(&m, &mut opt, &mut dr, &mut pr, 7);
     assert_eq!(resumed, straight[5..].to_vec());
     assert!(straight.windows(2).any(|w| w[0] != w[1]));
@@ -286,11 +287,7 @@ fn save_drop_resume_gives_identical_losses() {
         &Device::Cpu,
     )
     .unwrap();
-    let mut opt2 = Optimizer::new(OptimConfig::default(), &vm2).unwrap();
-    let e = train::load_checkpoint(&ck, &vm2, &mut opt2)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = st.load_varmap("param", &vm2).unwrap_err().to_string();
     assert!(e.contains("another model config"), "{e}");
     let (_, vm3) = Transformer::build(
         &TransformerConfig {
@@ -302,11 +299,7 @@ fn save_drop_resume_gives_identical_losses() {
         &Device::Cpu,
     )
     .unwrap();
-    let mut opt3 = Optimizer::new(OptimConfig::default(), &vm3).unwrap();
-    let e = load_checkpoint(&ck, &vm3, &mut opt3)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = st.load_varmap("param", &vm3).unwrap_err().to_string();
     assert!(e.contains("another model config"), "{e}");
 }
 

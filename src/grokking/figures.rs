@@ -17,12 +17,12 @@
 
 use super::config::{GrokkingExperiment, Task};
 use super::experiments::{EvalRow, RunCurve, TaskRuns};
-use crate::figures::{Figure, FigureContext, FigureOutput};
+use crate::plot::figure::{Figure, FigureContext, FigureOutput};
 use crate::plot::{Chart, Corner, Mark, Series, COLORS};
 use anyhow::{bail, Result};
 use std::path::Path;
 
-/// The grokking figures of `attnlab figures` (see [`crate::figures::registry`]).
+/// The grokking figures of `attnlab figures` (registered by the `figures` command).
 pub fn registered() -> Vec<Figure> {
     let check: fn(&Path) -> Result<()> = |p| GrokkingExperiment::load(p).map(|_| ());
     let mut v = Vec::new();

@@ -1,11 +1,9 @@
 //! Shared training machinery: optimisers with weight-decay groups and global-norm clipping,
-//! learning-rate schedules, and atomic, resumable safetensors checkpoints.
+//! and learning-rate schedules (checkpoints are the run engine's, `crate::run::State`).
 
-pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint, Resumed};
 pub use optim::{OptimConfig, OptimKind, Optimizer, StepStats};
 pub use schedule::{Schedule, ScheduleKind};
 
