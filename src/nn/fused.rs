@@ -10,6 +10,9 @@
 //!   probabilities are kept for the backward pass and for attention capture at no extra cost.
 //!
 //! Both run on f32 and f64 CPU tensors; callers fall back to composed candle ops elsewhere.
+//!
+//! Longer than most files: each kernel keeps its forward, its backward and the dtype dispatch
+//! side by side, so the two passes can be read (and checked) against each other.
 
 use crate::nn::ops;
 use candle_core::backend::BackendStorage;

@@ -4,6 +4,9 @@
 //! back to chains of 6–10 elementwise ops, each a full pass over memory plus an allocation. These
 //! `CustomOp`s do one pass forward and one pass backward (f32 and f64, rows split over rayon when
 //! large). On a non-CPU device the same maths is composed from candle ops.
+//!
+//! Longer than most files: each kernel keeps its forward, its backward and the dtype dispatch
+//! side by side, so the two passes can be read (and checked) against each other.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
