@@ -151,7 +151,7 @@ fn predict_in(p: PredictArgs) -> Result<()> {
             .find(|c| !(c.is_finite() && c.abs() <= MAX_ABS_C))
     {
         bail!(
-            "invalid value for `--c`: {c} is not a number in [-{MAX_ABS_C:e}, {MAX_ABS_C:e}] (attention is one-hot long before)"
+            "invalid value for `--c`: {c:e} is not a number in [-{MAX_ABS_C:e}, {MAX_ABS_C:e}] (attention is one-hot long before)"
         );
     }
     let integrated = EncodingSample::draw(&cfg, p.samples, None, p.seed)?;
