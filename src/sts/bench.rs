@@ -68,6 +68,7 @@ fn candle_rate(
     dtype: DType,
     seconds: f64,
 ) -> Result<f64> {
+    // The analytic model runs on the CPU, so its autograd twin does too: like for like.
     let dev = Device::Cpu;
     let b = BatchTensors::new(batch, dtype, &dev)?;
     let w0 = ExactTransformer::<f64>::scaled_identity(task.d, task.de, 0.5).w;

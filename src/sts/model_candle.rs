@@ -105,6 +105,7 @@ pub fn autograd_loss_and_grad(
     d: usize,
     batch: &Batch,
 ) -> Result<(f64, Array2<f64>)> {
+    // An oracle for the ndarray gradient, which runs on the CPU: compared on the same device.
     let dev = Device::Cpu;
     let m = CandleTransformer::new(w, d, DType::F64, &dev)?;
     let (l, g) = m.loss_and_grad(&BatchTensors::new(batch, DType::F64, &dev)?)?;
