@@ -35,7 +35,15 @@ pub fn require(ok: bool, field: &str, msg: impl std::fmt::Display) -> Result<()>
 
 /// Which size of an experiment to run: every config file holds the three side by side.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
     Default,
 )]
 #[serde(rename_all = "lowercase")]
@@ -80,8 +88,8 @@ pub fn apply_overrides(doc: &mut toml::Table, preset: Preset, sets: &[String]) -
         if keys.iter().any(|k| k.is_empty()) {
             bail!("invalid value for `--set`: `{path}` has an empty key");
         }
-        let value = parse_value(raw.trim())
-            .with_context(|| format!("invalid value for `--set {path}`"))?;
+        let value =
+            parse_value(raw.trim()).with_context(|| format!("invalid value for `--set {path}`"))?;
         let in_preset = doc
             .get(preset.name())
             .and_then(|t| t.as_table())
@@ -127,7 +135,11 @@ fn parse_value(raw: &str) -> Result<toml::Value> {
 }
 
 /// Reads a config file, applies `--set` overrides for `preset`, and deserialises it into `T`.
-pub fn load_toml_with<T: DeserializeOwned>(path: &Path, preset: Preset, sets: &[String]) -> Result<T> {
+pub fn load_toml_with<T: DeserializeOwned>(
+    path: &Path,
+    preset: Preset,
+    sets: &[String],
+) -> Result<T> {
     if sets.is_empty() {
         return load_toml(path);
     }
@@ -139,7 +151,8 @@ pub fn load_toml_with<T: DeserializeOwned>(path: &Path, preset: Preset, sets: &[
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("could not read config file `{}`", path.display()))?;
-    let mut doc: toml::Table = parse_toml(&text).with_context(|| format!("in config file `{}`", path.display()))?;
+    let mut doc: toml::Table =
+        parse_toml(&text).with_context(|| format!("in config file `{}`", path.display()))?;
     apply_overrides(&mut doc, preset, sets)?;
     let text = toml::to_string(&doc)?;
     parse_toml(&text).with_context(|| format!("in config file `{}` (after --set)", path.display()))
@@ -147,5 +160,9 @@ pub fn load_toml_with<T: DeserializeOwned>(path: &Path, preset: Preset, sets: &[
 
 /// Fails naming `field` unless `x` is a finite number.
 pub fn require_finite(x: f64, field: &str) -> Result<()> {
-    require(x.is_finite(), field, format!("must be a finite number, not {x}"))
+    require(
+        x.is_finite(),
+        field,
+        format!("must be a finite number, not {x}"),
+    )
 }

@@ -9,7 +9,17 @@ use common::{assert_clean_error, attnlab};
 #[test]
 fn bench_flags_out_of_range_are_named() {
     let table: &[(&[&str], &str)] = &[
-        (&["bench", "--seconds", "nan", "--no-torch", "--only", "decoder"], "--seconds"),
+        (
+            &[
+                "bench",
+                "--seconds",
+                "nan",
+                "--no-torch",
+                "--only",
+                "decoder",
+            ],
+            "--seconds",
+        ),
         (&["bench", "--seconds", "0", "--no-torch"], "--seconds"),
         (&["bench", "--seconds=-1", "--no-torch"], "--seconds"),
         (&["bench", "--seconds", "inf", "--no-torch"], "--seconds"),
@@ -17,7 +27,10 @@ fn bench_flags_out_of_range_are_named() {
         (&["bench", "--only", "zzz", "--no-torch"], "--only zzz"),
         (&["bench", "--rounds", "0", "--no-torch"], "--rounds"),
         (&["bench", "--threads", "0", "--no-torch"], "--threads"),
-        (&["bench", "--threads", "99999999", "--no-torch"], "--threads"),
+        (
+            &["bench", "--threads", "99999999", "--no-torch"],
+            "--threads",
+        ),
         (&["bench", "--seconds", "two"], "--seconds"),
     ];
     for (args, needle) in table {
@@ -32,9 +45,22 @@ fn figures_and_top_level_usage_errors_are_named() {
     let out = out.to_str().unwrap();
     let table: &[(&[&str], &str)] = &[
         (&["figures", "--preset", "huge", "--out", out], "--preset"),
-        (&["figures", "--only", "sts/nope", "--preset", "tiny", "--out", out], "sts/nope"),
         (
-            &["figures", "--preset", "tiny", "--experiments", "/nonexistent/dir", "--out", out],
+            &[
+                "figures", "--only", "sts/nope", "--preset", "tiny", "--out", out,
+            ],
+            "sts/nope",
+        ),
+        (
+            &[
+                "figures",
+                "--preset",
+                "tiny",
+                "--experiments",
+                "/nonexistent/dir",
+                "--out",
+                out,
+            ],
             "/nonexistent/dir",
         ),
         (&["frobnicate"], "frobnicate"),

@@ -150,7 +150,10 @@ fn a_damaged_checkpoint_is_a_failure_naming_the_file() {
     let e = drive(&mut Toy::new(0.1, 50), &DriveOpts::new(Some(&dir))).unwrap_err();
     let msg = format!("{e:#}");
     assert_eq!(exit_code(&e), 1, "{msg}");
-    assert!(msg.contains("checkpoint.safetensors") && msg.contains("damaged"), "{msg}");
+    assert!(
+        msg.contains("checkpoint.safetensors") && msg.contains("damaged"),
+        "{msg}"
+    );
     // a truncated file too
     std::fs::write(&ck, &bytes[..n / 2]).unwrap();
     let e = drive(&mut Toy::new(0.1, 50), &DriveOpts::new(Some(&dir))).unwrap_err();
@@ -173,7 +176,10 @@ fn a_held_directory_is_refused_naming_the_holder() {
     let _held = RunDir::open(d.path(), identity(0.1)).unwrap();
     let e = RunDir::open(d.path(), identity(0.1)).err().unwrap();
     let msg = format!("{e:#}");
-    assert!(msg.contains(&std::process::id().to_string()) && msg.contains("in use"), "{msg}");
+    assert!(
+        msg.contains(&std::process::id().to_string()) && msg.contains("in use"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -184,9 +190,15 @@ fn divergence_stops_the_run_keeps_the_last_checkpoint_and_writes_no_nan() {
     let e = drive(&mut t, &DriveOpts::new(Some(&dir))).unwrap_err();
     let msg = format!("{e:#}");
     assert_eq!(exit_code(&e), 1, "{msg}");
-    assert!(msg.contains("diverged at step") && msg.contains("lower the learning rate"), "{msg}");
+    assert!(
+        msg.contains("diverged at step") && msg.contains("lower the learning rate"),
+        "{msg}"
+    );
     let csv = std::fs::read_to_string(d.path().join("metrics.csv")).unwrap();
-    assert!(!csv.to_lowercase().contains("nan") && !csv.contains("inf"), "{csv}");
+    assert!(
+        !csv.to_lowercase().contains("nan") && !csv.contains("inf"),
+        "{csv}"
+    );
     // the last good checkpoint is still readable
     let st = State::read(&d.path().join("checkpoint.safetensors")).unwrap();
     assert!(st.get_f64("w").unwrap().1[0].is_finite());
@@ -194,21 +206,30 @@ fn divergence_stops_the_run_keeps_the_last_checkpoint_and_writes_no_nan() {
 
 #[test]
 fn set_overrides_reach_the_preset_table() {
-    let mut doc: toml::Table = toml::from_str(
-        "task = \"dyck\"\n[cpu.optim]\nlr = 1e-3\n[paper.optim]\nlr = 1e-4\n",
-    )
-    .unwrap();
+    let mut doc: toml::Table =
+        toml::from_str("task = \"dyck\"\n[cpu.optim]\nlr = 1e-3\n[paper.optim]\nlr = 1e-4\n")
+            .unwrap();
     apply_overrides(
         &mut doc,
         Preset::Cpu,
-        &["optim.lr=3e-4".into(), "optim.eps=1e-8".into(), "task=qf".into()],
+        &[
+            "optim.lr=3e-4".into(),
+            "optim.eps=1e-8".into(),
+            "task=qf".into(),
+        ],
     )
     .unwrap();
     assert_eq!(doc["cpu"]["optim"]["lr"].as_float(), Some(3e-4));
     assert_eq!(doc["cpu"]["optim"]["eps"].as_float(), Some(1e-8));
     assert_eq!(doc["paper"]["optim"]["lr"].as_float(), Some(1e-4));
     assert_eq!(doc["task"].as_str(), Some("qf"));
-    for bad in ["optim.lr", "optim.lr=nan", "optim.lr=inf", "optim..lr=1", "optim.lr.x=1"] {
+    for bad in [
+        "optim.lr",
+        "optim.lr=nan",
+        "optim.lr=inf",
+        "optim..lr=1",
+        "optim.lr.x=1",
+    ] {
         let e = apply_overrides(&mut doc.clone(), Preset::Cpu, &[bad.into()]).unwrap_err();
         assert!(format!("{e:#}").contains("--set"), "{bad}: {e:#}");
     }

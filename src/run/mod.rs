@@ -320,10 +320,9 @@ pub fn drive<T: Trainer + ?Sized>(trainer: &mut T, opts: &DriveOpts) -> Result<O
         if let Some(why) = bad {
             bar.abandon();
             let kept = match paths.as_ref() {
-                Some((ck, _)) if ck.exists() => format!(
-                    "; the last good checkpoint `{}` is kept",
-                    ck.display()
-                ),
+                Some((ck, _)) if ck.exists() => {
+                    format!("; the last good checkpoint `{}` is kept", ck.display())
+                }
                 _ => String::new(),
             };
             return Err(failed(format!(

@@ -100,7 +100,10 @@ impl State {
     pub fn get_f64(&self, name: &str) -> Result<(Vec<usize>, Vec<f64>)> {
         let b = self.blob(name)?;
         if b.dtype != Dtype::F64 {
-            bail!("checkpoint tensor `{name}` is {}, expected f64", dtype_name(b.dtype));
+            bail!(
+                "checkpoint tensor `{name}` is {}, expected f64",
+                dtype_name(b.dtype)
+            );
         }
         let v = b
             .bytes
@@ -114,7 +117,10 @@ impl State {
     pub fn get_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let b = self.blob(name)?;
         if b.dtype != Dtype::F32 {
-            bail!("checkpoint tensor `{name}` is {}, expected f32", dtype_name(b.dtype));
+            bail!(
+                "checkpoint tensor `{name}` is {}, expected f32",
+                dtype_name(b.dtype)
+            );
         }
         let v = b
             .bytes
@@ -268,10 +274,18 @@ impl State {
         let views = self
             .tensors
             .iter()
-            .map(|(n, b)| Ok((n.clone(), TensorView::new(b.dtype, b.shape.clone(), &b.bytes)?)))
+            .map(|(n, b)| {
+                Ok((
+                    n.clone(),
+                    TensorView::new(b.dtype, b.shape.clone(), &b.bytes)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let mut meta: HashMap<String, String> =
-            self.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut meta: HashMap<String, String> = self
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         meta.insert("format".into(), FORMAT.into());
         meta.insert("checksum".into(), self.checksum());
         Ok(safetensors::serialize(views, &Some(meta))?)
