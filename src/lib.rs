@@ -21,3 +21,4 @@ pub mod rng;
 pub mod run;
 pub mod sts;
 pub mod train;
+pub mod verify;

@@ -28,6 +28,8 @@ enum Cmd {
     Program(attnlab::lego::cli::ProgramArgs),
     /// Structural grokking (Murty et al. 2023).
     Grokking(attnlab::grokking::cli::GrokkingArgs),
+    /// Check every paper claim of the ledger at one scale and report which hold.
+    Verify(attnlab::verify::VerifyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,5 +52,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Lego(a) => attnlab::lego::cli::run_lego(a),
         Cmd::Program(a) => attnlab::lego::cli::run_program(a),
         Cmd::Grokking(a) => attnlab::grokking::cli::run(a),
+        Cmd::Verify(a) => attnlab::verify::run(a),
     }
 }

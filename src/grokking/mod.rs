@@ -13,6 +13,7 @@
 //! | `figures.rs` | charts built from finished runs |
 //! | `config.rs`, `cli.rs` | the experiment files and `attnlab grokking ...` |
 
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod dyck;

@@ -16,6 +16,7 @@
 //! - [`cli`]: `attnlab lego ...` and `attnlab program ...`.
 
 pub mod charts;
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod epochs;

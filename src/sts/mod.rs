@@ -14,6 +14,7 @@
 //! | `figures.rs`, `cli.rs`, `bench.rs` | charts, the command line, the benchmark |
 
 pub mod bench;
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod experiments;
