@@ -111,7 +111,7 @@ pub fn summarise(v: &[f64]) -> String {
     }
     let mean = v.iter().sum::<f64>() / n as f64;
     if n == 1 {
-        return format!("{}", report::num(mean));
+        return report::num(mean);
     }
     let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
     let (lo, hi) = v
