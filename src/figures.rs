@@ -4,7 +4,7 @@
 //! number) and `<name>.json` (the cache key and the key numbers). `<out>/README.md` indexes them.
 //!
 //! A figure is recomputed only when its cache key changes: the SHA-256 of the config file's
-//! contents, the preset and the crate version (or with `--force`).
+//! contents, the preset, the crate version and the sources behind it (or with `--force`).
 
 use crate::plot::Chart;
 use anyhow::{bail, Context, Result};
@@ -26,9 +26,11 @@ pub struct FiguresArgs {
     /// Recompute even when the cache key matches.
     #[arg(long)]
     pub force: bool,
-    /// Where the figures go.
-    #[arg(long, default_value = "figures")]
-    pub out: PathBuf,
+    /// Where the figures go (default: `figures/` for the CPU preset, whose figures are
+    /// committed; `figures/paper/` for the paper's sizes; a scratch `runs/figures-tiny/` for the
+    /// tiny preset, which shows nothing and must never overwrite a committed figure).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Where the figure configs are read from (`<dir>/<paper>/figures/<name>.toml`).
     #[arg(long, default_value = "experiments")]
     pub experiments: PathBuf,
@@ -71,14 +73,28 @@ pub struct FigureRecord {
     pub charts: Vec<Chart>,
 }
 
-/// SHA-256 over the config contents, the preset and the crate version.
-pub fn cache_key(config_text: &str, preset: FigurePreset) -> String {
+/// SHA-256 of the sources a paper's figures depend on (its folder and everything shared),
+/// computed by `build.rs`.
+pub fn source_hash(paper: &str) -> &'static str {
+    match paper {
+        "sts" => env!("ATTNLAB_SOURCE_HASH_STS"),
+        "lego" => env!("ATTNLAB_SOURCE_HASH_LEGO"),
+        "grokking" => env!("ATTNLAB_SOURCE_HASH_GROKKING"),
+        _ => "",
+    }
+}
+
+/// SHA-256 over the config contents, the preset, the crate version and the sources behind the
+/// figure (`figure` is `<paper>/<name>`), so editing the code re-runs what it affects.
+pub fn cache_key(config_text: &str, preset: FigurePreset, figure: &str) -> String {
     let mut h = Sha256::new();
     h.update(config_text.as_bytes());
     h.update([0]);
     h.update(preset.name().as_bytes());
     h.update([0]);
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update([0]);
+    h.update(source_hash(figure.split('/').next().unwrap_or("")).as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -91,7 +107,17 @@ fn files(out: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// Where the figures of `preset` go unless `--out` says otherwise.
+pub fn default_out(preset: FigurePreset) -> PathBuf {
+    match preset {
+        FigurePreset::Cpu => PathBuf::from("figures"),
+        FigurePreset::Paper => PathBuf::from("figures/paper"),
+        FigurePreset::Tiny => PathBuf::from("runs/figures-tiny"),
+    }
+}
+
 pub fn run(a: FiguresArgs) -> Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| default_out(a.preset));
     let all = registry();
     if a.list {
         for f in &all {
@@ -122,8 +148,8 @@ pub fn run(a: FiguresArgs) -> Result<()> {
                 cfg.display()
             )
         })?;
-        let key = cache_key(&text, a.preset);
-        let (png, csv, json) = files(&a.out, f.name);
+        let key = cache_key(&text, a.preset, f.name);
+        let (png, csv, json) = files(&out, f.name);
         let record = std::fs::read_to_string(&json)
             .ok()
             .and_then(|s| serde_json::from_str::<FigureRecord>(&s).ok());
@@ -174,11 +200,11 @@ pub fn run(a: FiguresArgs) -> Result<()> {
         )?;
         eprintln!("{}: written {} ({seconds:.1} s)", f.name, png.display());
     }
-    write_index(&a.out, &all)?;
+    write_index(&out, &all)?;
     eprintln!(
         "figures done in {:.1} s; index {}",
         start.elapsed().as_secs_f64(),
-        a.out.join("README.md").display()
+        out.join("README.md").display()
     );
     Ok(())
 }
