@@ -216,24 +216,40 @@ fn write_index(out: &Path, all: &[Figure]) -> Result<()> {
          has beside it the CSV of every plotted number (`panel,series,x,y,y_lo,y_hi`, bands are \
          min..max over seeds) and a JSON with the cache key and the key numbers.\n\n",
     );
-    for f in all {
-        let (png, _, json) = files(out, f.name);
-        let Some(rec) = std::fs::read_to_string(&json)
-            .ok()
-            .and_then(|t| serde_json::from_str::<FigureRecord>(&t).ok())
-        else {
-            continue;
+    let records: Vec<(&Figure, FigureRecord)> = all
+        .iter()
+        .filter_map(|f| {
+            let (png, _, json) = files(out, f.name);
+            let rec = std::fs::read_to_string(&json)
+                .ok()
+                .and_then(|t| serde_json::from_str::<FigureRecord>(&t).ok())?;
+            png.exists().then_some((f, rec))
+        })
+        .collect();
+    for (f, rec) in &records {
+        // Figures of one config draw on the same runs, trained by whichever came first: the
+        // group's total is the real cost of each of them.
+        let siblings: Vec<&(&Figure, FigureRecord)> = records
+            .iter()
+            .filter(|(g, r)| r.config == rec.config && g.name != f.name)
+            .collect();
+        let time = if siblings.is_empty() {
+            format!("{:.0} s", rec.seconds)
+        } else {
+            let total: f64 = rec.seconds + siblings.iter().map(|(_, r)| r.seconds).sum::<f64>();
+            let names: Vec<String> = siblings.iter().map(|(g, _)| format!("`{}`", g.name)).collect();
+            format!(
+                "{:.0} s; its runs are shared with {}: {total:.0} s together",
+                rec.seconds,
+                names.join(", ")
+            )
         };
-        if !png.exists() {
-            continue;
-        }
         s.push_str(&format!(
-            "- [`{name}`]({name}.png): {what} Config `{cfg}`, command `attnlab figures --only {name} --preset {p}` ({secs:.0} s).\n",
+            "- [`{name}`]({name}.png): {what} Config `{cfg}`, command `attnlab figures --only {name} --preset {p}` ({time}).\n",
             name = f.name,
             what = f.what,
             cfg = rec.config,
             p = rec.preset.name(),
-            secs = rec.seconds,
         ));
     }
     crate::io::write_atomic(&out.join("README.md"), s.as_bytes())
