@@ -9,15 +9,18 @@ use std::path::Path;
 
 /// Reads and parses a TOML config file into `T`.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    parse_toml(&read_config(path)?).with_context(|| format!("in config file `{}`", path.display()))
+}
+
+fn read_config(path: &Path) -> Result<String> {
     if !path.exists() {
         bail!(
             "config file `{}` does not exist: pass an existing file (see experiments/ for examples)",
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("could not read config file `{}`", path.display()))?;
-    parse_toml(&text).with_context(|| format!("in config file `{}`", path.display()))
+    std::fs::read_to_string(path)
+        .with_context(|| format!("could not read config file `{}`", path.display()))
 }
 
 /// Parses TOML text into `T`; the error carries toml's line/column and the offending key.
@@ -143,16 +146,7 @@ pub fn load_toml_with<T: DeserializeOwned>(
     if sets.is_empty() {
         return load_toml(path);
     }
-    if !path.exists() {
-        bail!(
-            "config file `{}` does not exist: pass an existing file (see experiments/ for examples)",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("could not read config file `{}`", path.display()))?;
-    let mut doc: toml::Table =
-        parse_toml(&text).with_context(|| format!("in config file `{}`", path.display()))?;
+    let mut doc: toml::Table = load_toml(path)?;
     apply_overrides(&mut doc, preset, sets)?;
     let text = toml::to_string(&doc)?;
     parse_toml(&text).with_context(|| format!("in config file `{}` (after --set)", path.display()))

@@ -237,7 +237,10 @@ fn write_index(out: &Path, all: &[Figure]) -> Result<()> {
             format!("{:.0} s", rec.seconds)
         } else {
             let total: f64 = rec.seconds + siblings.iter().map(|(_, r)| r.seconds).sum::<f64>();
-            let names: Vec<String> = siblings.iter().map(|(g, _)| format!("`{}`", g.name)).collect();
+            let names: Vec<String> = siblings
+                .iter()
+                .map(|(g, _)| format!("`{}`", g.name))
+                .collect();
             format!(
                 "{:.0} s; its runs are shared with {}: {total:.0} s together",
                 rec.seconds,

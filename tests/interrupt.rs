@@ -22,15 +22,7 @@ fn wait_for(path: &Path, limit: Duration) {
 fn rows(metrics: &Path) -> Vec<Vec<u64>> {
     let (header, rows) = common::read_csv(metrics);
     assert_eq!(&header[..4], ["step", "wall_s", "lr", "train_loss"]);
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .filter(|(i, _)| *i != 1)
-                .map(|(_, x)| x.to_bits())
-                .collect()
-        })
-        .collect()
+    common::bits_without_wall(&rows)
 }
 
 fn interrupt_twice_then_resume(args: &[&str], run_dir: &Path, total_steps: f64) {

@@ -2,9 +2,12 @@
 //! damaged checkpoint, another run's directory, a held lock and a diverging run each end with
 //! the right error class, and `--set` overrides reach the config.
 
+mod common;
+
 use attnlab::config::{apply_overrides, Preset};
 use attnlab::rng::{stream, Rng};
 use attnlab::run::{drive, exit_code, DriveOpts, Identity, RunDir, State, StepOutcome, Trainer};
+use common::bits_without_wall;
 use rand::Rng as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -77,19 +80,6 @@ fn identity(lr: f64) -> Identity {
     Identity::of(&("toy", lr), "tiny", 7).unwrap()
 }
 
-/// Rows without the wall-clock column (the only one that may differ between runs).
-fn values(rows: &[Vec<f64>]) -> Vec<Vec<u64>> {
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .filter(|(i, _)| *i != 1)
-                .map(|(_, x)| x.to_bits())
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn interrupted_and_resumed_run_matches_the_uninterrupted_one_bit_for_bit() {
     let whole = {
@@ -115,7 +105,10 @@ fn interrupted_and_resumed_run_matches_the_uninterrupted_one_bit_for_bit() {
     let mut t = Toy::new(0.1, 50);
     let out = drive(&mut t, &DriveOpts::new(Some(&dir))).unwrap();
     assert_eq!(out.resumed_from, Some(24));
-    assert_eq!(values(&out.rows), values(&whole.0.rows));
+    assert_eq!(
+        bits_without_wall(&out.rows),
+        bits_without_wall(&whole.0.rows)
+    );
     assert_eq!(t.w.to_bits(), whole.1.to_bits());
     // metrics.csv: the common schema, one row per evaluation, no NaN text
     let csv = std::fs::read_to_string(d.path().join("metrics.csv")).unwrap();

@@ -62,3 +62,17 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
         .collect();
     (header, rows)
 }
+
+/// Metrics rows as bit patterns without the wall-clock column (index 1), the only column that
+/// may differ between two runs of the same seed.
+pub fn bits_without_wall(rows: &[Vec<f64>]) -> Vec<Vec<u64>> {
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 1)
+                .map(|(_, x)| x.to_bits())
+                .collect()
+        })
+        .collect()
+}
