@@ -1,12 +1,499 @@
-//! This paper's claims of the ledger (`experiments/claims/`), measured for `attnlab verify`.
+//! This paper's claims of the ledger (`experiments/claims/grokking.toml`), measured for
+//! `attnlab verify`.
+//!
+//! - `cpu`: read from the committed per-run curves of the CPU presets
+//!   (`<figures>/grokking/runs/<task>/cpu/depth<L>_seed<S>/metrics.csv`, read by column name) and
+//!   the tree-projection check of their final checkpoints (`<figures>/grokking/projection_check.jsonl`);
+//!   nothing is retrained.
+//! - `quick`: trains the short runs of `experiments/grokking/verify_quick.toml` through the run
+//!   engine under `<runs>/grokking/` (a second call reuses them).
+//! - `paper`: not runnable here (300k-step runs at d_model 512, 10 seeds per depth).
+//!
+//! A claim is measured by the part of its id after `grokking/`; one that names no measurement
+//! here is an error ("not run").
 
-use crate::verify::{Claim, Ctx, Measured};
-use anyhow::Result;
+use super::config::{GrokkingExperiment, Task};
+use super::experiments::{ensure_runs_with, parse_metrics, GrokOnset, RunCurve, TaskRuns};
+use crate::config::Preset;
+use crate::run::Interrupted;
+use crate::verify::{Claim, Ctx, Measured, Scale};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The task files under `<experiments>/grokking/`.
+fn config_file(task: Task) -> &'static str {
+    match task {
+        Task::Dyck => "dyck.toml",
+        Task::Qf => "question_formation.toml",
+        Task::Ti => "tense_inflection.toml",
+    }
+}
+
+fn task_name(task: Task) -> String {
+    format!("{task:?}").to_lowercase()
+}
+
+/// The quick scale's runs: `experiments/grokking/verify_quick.toml`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuickFile {
+    #[allow(dead_code)]
+    description: String,
+    #[serde(rename = "run")]
+    runs: Vec<QuickRuns>,
+}
+
+/// One task file's `[cpu]` preset with `--set` overrides (depths, seeds, steps, ...).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuickRuns {
+    /// A task file under `experiments/grokking/`.
+    config: String,
+    #[serde(default)]
+    set: Vec<String>,
+}
+
+/// The projection check of one run's final checkpoint (a line of `projection_check.jsonl`).
+#[derive(Deserialize)]
+struct Projection {
+    task: String,
+    depth: usize,
+    left_anchored_sci: f64,
+    tscore_code_estimate: f64,
+}
+
+/// What the claims of one scale are measured on.
+struct Evidence {
+    /// The runs of each task available at this scale.
+    tasks: BTreeMap<String, TaskRuns>,
+    /// Where the runs were read from or trained, for the notes.
+    source: String,
+    /// The projection check of the final checkpoints (cpu only).
+    projections: Option<Vec<Projection>>,
+}
 
 /// Measures `claims` at `ctx.scale`, one result per claim.
-pub fn measure(claims: &[&Claim], _ctx: &Ctx) -> Result<Vec<Result<Measured>>> {
+pub fn measure(claims: &[&Claim], ctx: &Ctx) -> Result<Vec<Result<Measured>>> {
+    let evidence = match ctx.scale {
+        Scale::Cpu => committed(ctx),
+        Scale::Quick => match quick(ctx) {
+            Err(e) if e.downcast_ref::<Interrupted>().is_some() => return Err(e),
+            r => r,
+        },
+        Scale::Paper => {
+            return Ok(claims
+                .iter()
+                .map(|_| {
+                    Ok(Measured::NotShown(
+                        "the paper's runs (d_model 512, 300k-400k steps, 10 seeds per depth at \
+                         depths 2-10) do not fit on 2 CPU cores"
+                            .into(),
+                    ))
+                })
+                .collect())
+        }
+    };
     Ok(claims
         .iter()
-        .map(|_| Ok(Measured::NotShown("no measurement written yet".into())))
+        .map(|c| match &evidence {
+            Ok(ev) => measure_one(c, ev),
+            Err(e) => Err(anyhow!("{e:#}")),
+        })
         .collect())
+}
+
+/// The committed CPU-preset runs and projection check.
+fn committed(ctx: &Ctx) -> Result<Evidence> {
+    let mut tasks = BTreeMap::new();
+    let root = ctx.figures.join("grokking").join("runs");
+    for task in [Task::Dyck, Task::Qf, Task::Ti] {
+        let path = ctx.experiments.join("grokking").join(config_file(task));
+        let exp = GrokkingExperiment::load(&path)?;
+        let settings = exp.cpu.clone();
+        let mut runs = Vec::new();
+        for &depth in &settings.depths {
+            for seed in 0..settings.seeds as u64 {
+                let csv = root
+                    .join(task_name(task))
+                    .join("cpu")
+                    .join(format!("depth{depth}_seed{seed}"))
+                    .join("metrics.csv");
+                let rows = parse_metrics(&csv).with_context(|| {
+                    format!(
+                        "the committed CPU run of `{}` is missing: run `attnlab figures --only \
+                         grokking/{}_accuracy` to train it",
+                        path.display(),
+                        task_name(task)
+                    )
+                })?;
+                runs.push(RunCurve { depth, seed, rows });
+            }
+        }
+        tasks.insert(
+            task_name(task),
+            TaskRuns {
+                exp,
+                settings,
+                runs,
+            },
+        );
+    }
+    let jsonl = ctx.figures.join("grokking").join("projection_check.jsonl");
+    let text = std::fs::read_to_string(&jsonl)
+        .with_context(|| format!("reading the projection check `{}`", jsonl.display()))?;
+    let projections = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<Projection>(l)
+                .with_context(|| format!("a line of `{}`: {l}", jsonl.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Evidence {
+        tasks,
+        source: format!("committed runs under `{}`", root.display()),
+        projections: Some(projections),
+    })
+}
+
+/// Trains (or reuses) the quick scale's runs.
+fn quick(ctx: &Ctx) -> Result<Evidence> {
+    let dir = ctx.experiments.join("grokking");
+    let file: QuickFile = crate::config::load_toml(&dir.join("verify_quick.toml"))?;
+    let mut tasks = BTreeMap::new();
+    let root = ctx.runs.join("grokking");
+    for r in &file.runs {
+        let path = dir.join(&r.config);
+        let exp = GrokkingExperiment::load_with(&path, Preset::Cpu, &r.set).with_context(|| {
+            format!(
+                "in `run.set` of `{}`",
+                dir.join("verify_quick.toml").display()
+            )
+        })?;
+        let settings = exp.cpu.clone();
+        let name = task_name(exp.task);
+        let runs = ensure_runs_with(exp, settings, Preset::Cpu, &root, ctx.quiet)?;
+        tasks.insert(name, runs);
+    }
+    Ok(Evidence {
+        tasks,
+        source: format!("runs under `{}`", root.display()),
+        projections: None,
+    })
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+impl Evidence {
+    fn task(&self, name: &str) -> Result<&TaskRuns> {
+        self.tasks
+            .get(name)
+            .with_context(|| format!("no `{name}` runs at this scale"))
+    }
+
+    fn runs(&self) -> impl Iterator<Item = (&String, &RunCurve)> {
+        self.tasks
+            .iter()
+            .flat_map(|(t, tr)| tr.runs.iter().map(move |r| (t, r)))
+    }
+
+    /// The task's runs at `depths`; an error when a depth has none.
+    fn at(&self, task: &str, depths: &[usize]) -> Result<Vec<&RunCurve>> {
+        let tr = self.task(task)?;
+        let mut out = Vec::new();
+        for &d in depths {
+            let rs = tr.at_depth(d);
+            if rs.is_empty() {
+                bail!("no `{task}` runs at depth {d} at this scale");
+            }
+            out.extend(rs);
+        }
+        Ok(out)
+    }
+
+    fn grok_fraction(&self, task: &str, depth: usize) -> Result<f64> {
+        self.at(task, &[depth])?;
+        Ok(self.task(task)?.grok_fraction(depth))
+    }
+
+    fn note_runs(&self, what: &str, rs: &[(String, &RunCurve)]) -> String {
+        let list: Vec<String> = rs
+            .iter()
+            .map(|(t, r)| format!("{t} d{} s{}", r.depth, r.seed))
+            .collect();
+        format!("{what}; {}: {}", self.source, list.join(", "))
+    }
+}
+
+fn first(r: &RunCurve) -> Result<&super::experiments::EvalRow> {
+    r.rows.first().context("a run with no evaluation")
+}
+
+fn last(r: &RunCurve) -> Result<&super::experiments::EvalRow> {
+    r.rows.last().context("a run with no evaluation")
+}
+
+fn values(values: Vec<f64>, note: String) -> Result<Measured> {
+    Ok(Measured::Values { values, note })
+}
+
+/// Measures one claim by the part of its id after `grokking/`.
+fn measure_one(c: &Claim, ev: &Evidence) -> Result<Measured> {
+    let name = c.id.strip_prefix("grokking/").unwrap_or(&c.id);
+    let (task, rest) = name.split_once('-').unwrap_or(("", name));
+    match (task, rest) {
+        ("dyck" | "qf" | "ti", "structural-grokking") => structural(ev, task, &[4, 6]),
+        ("qf", "saturates-before-generalising") => gen_at_saturation(ev, task, 6),
+        ("qf", "early-stopping-underestimates") => early_stop_gap(ev, task, 6),
+        ("ti", "early-stopping-underestimates") => early_stop_gap(ev, task, 4),
+        ("qf", "inverted-u-shallow-side") => fraction_gap(ev, task, 6, &[2]),
+        ("qf", "inverted-u-peak-at-6") => fraction_gap(ev, task, 6, &[4]),
+        ("qf", "inverted-u-deep-side") => fraction_gap(ev, task, 6, &[8, 10]),
+        ("ti", "inverted-u-shallow-side") => fraction_gap(ev, task, 4, &[2]),
+        ("ti", "inverted-u-peak-at-4") => fraction_gap(ev, task, 4, &[6]),
+        ("ti", "inverted-u-deep-never-groks") => {
+            let f = vec![ev.grok_fraction(task, 8)?, ev.grok_fraction(task, 10)?];
+            values(
+                f,
+                "fraction of TI seeds reaching 0.8 at depths 8, 10".into(),
+            )
+        }
+        _ => match name {
+            "weight-norm-grows" => growth(ev, "weight norm / layers, end / start - 1", |r| {
+                Ok(last(r)?.weight_norm / first(r)?.weight_norm - 1.0)
+            }),
+            "sparsity-grows" => growth(ev, "attention sparsity, end - start (nats)", |r| {
+                Ok(last(r)?.sparsity - first(r)?.sparsity)
+            }),
+            "tscore-rises" => growth(ev, "tscore_exact, end - start", |r| {
+                Ok(last(r)?.tscore - first(r)?.tscore)
+            }),
+            "weight-norm-does-not-predict" => {
+                shallow_vs_best(ev, "weight norm / layers", |r| Ok(last(r)?.weight_norm))
+            }
+            "sparsity-does-not-predict" => {
+                shallow_vs_best(ev, "attention sparsity", |r| Ok(last(r)?.sparsity))
+            }
+            "tparseval-beats-right-branching" => with_trees(
+                ev,
+                "tparseval - right-branching tparseval, mean over the evaluations after step 0",
+                |r| {
+                    let d: Vec<f64> = r.rows[1..]
+                        .iter()
+                        .map(|e| e.tparseval - e.tparseval_right_branching)
+                        .collect();
+                    if d.is_empty() {
+                        bail!("a run with no evaluation after step 0");
+                    }
+                    Ok(mean(&d))
+                },
+            ),
+            "tparseval-approaches-gold" => {
+                with_trees(ev, "final tparseval against gold trees", |r| {
+                    Ok(last(r)?.tparseval)
+                })
+            }
+            "tscore-highest-at-best-depth" => tscore_at_best_depth(ev),
+            "causal-prefix-sci-is-one" => {
+                let p = projections(ev)?;
+                values(
+                    p.iter().map(|p| p.left_anchored_sci).collect(),
+                    format!("{} final checkpoints, 200 sentences each", p.len()),
+                )
+            }
+            _ => bail!(
+                "no measurement for claim `{}`: add one to src/grokking/claims.rs or fix the id in \
+                 experiments/claims/grokking.toml",
+                c.id
+            ),
+        },
+    }
+}
+
+/// 1 per run at `depths` that groks structurally (`GrokOnset::is_structural`), else 0.
+fn structural(ev: &Evidence, task: &str, depths: &[usize]) -> Result<Measured> {
+    let thr = ev.task(task)?.settings.eval.grok_threshold;
+    let rs = ev.at(task, depths)?;
+    let v: Vec<f64> = rs
+        .iter()
+        .map(|r| {
+            let s = GrokOnset::of(&r.rows, thr).is_some_and(|o| o.is_structural());
+            if s {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let named: Vec<(String, &RunCurve)> = rs.iter().map(|r| (task.to_string(), *r)).collect();
+    values(
+        v,
+        ev.note_runs("1 = structural grokking, per run at depths 4 and 6", &named),
+    )
+}
+
+/// Generalisation at the first evaluation with in-domain accuracy >= 0.95 (1 when never).
+fn gen_at_saturation(ev: &Evidence, task: &str, depth: usize) -> Result<Measured> {
+    let thr = ev.task(task)?.settings.eval.grok_threshold;
+    let rs = ev.at(task, &[depth])?;
+    let v = rs
+        .iter()
+        .map(|r| GrokOnset::of(&r.rows, thr).map_or(1.0, |o| o.gen_at_saturation))
+        .collect();
+    values(
+        v,
+        format!("gen at in-domain saturation, depth {depth}, per seed"),
+    )
+}
+
+/// Final generalisation minus generalisation at the early stop, per seed at `depth`.
+fn early_stop_gap(ev: &Evidence, task: &str, depth: usize) -> Result<Measured> {
+    let rs = ev.at(task, &[depth])?;
+    let mut v = Vec::new();
+    let mut parts = Vec::new();
+    for r in rs {
+        let es = r.early_stop().context("a run with no evaluation")?;
+        let end = last(r)?;
+        v.push(end.gen_acc - es.gen_acc);
+        parts.push(format!("{:.2} -> {:.2}", es.gen_acc, end.gen_acc));
+    }
+    values(
+        v,
+        format!(
+            "depth {depth}, gen at early stop -> at the end: {}",
+            parts.join(", ")
+        ),
+    )
+}
+
+/// Grok fraction at `best` minus the largest at `others`.
+fn fraction_gap(ev: &Evidence, task: &str, best: usize, others: &[usize]) -> Result<Measured> {
+    let fb = ev.grok_fraction(task, best)?;
+    let mut fo = Vec::new();
+    for &d in others {
+        fo.push(ev.grok_fraction(task, d)?);
+    }
+    let max = fo.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let tr = ev.task(task)?;
+    let all: Vec<String> = tr
+        .depths()
+        .iter()
+        .map(|&d| format!("d{d} {:.2}", tr.grok_fraction(d)))
+        .collect();
+    values(
+        vec![fb - max],
+        format!("fraction of seeds reaching 0.8: {}", all.join(", ")),
+    )
+}
+
+/// One value per run of every task: `f(run)`.
+fn growth(ev: &Evidence, what: &str, f: impl Fn(&RunCurve) -> Result<f64>) -> Result<Measured> {
+    let mut v = Vec::new();
+    let mut named = Vec::new();
+    for (t, r) in ev.runs() {
+        v.push(f(r)?);
+        named.push((t.clone(), r));
+    }
+    values(v, ev.note_runs(what, &named))
+}
+
+/// One value per QF/TI run (the tasks with gold trees): `f(run)`.
+fn with_trees(ev: &Evidence, what: &str, f: impl Fn(&RunCurve) -> Result<f64>) -> Result<Measured> {
+    let mut v = Vec::new();
+    let mut named = Vec::new();
+    for (t, r) in ev.runs().filter(|(t, _)| *t != "dyck") {
+        v.push(f(r)?);
+        named.push((t.clone(), r));
+    }
+    if v.is_empty() {
+        bail!("no QF or TI runs at this scale");
+    }
+    values(v, ev.note_runs(what, &named))
+}
+
+/// The depth that generalises best among the deeper-than-shallowest ones: highest grok fraction,
+/// then highest mean final generalisation.
+fn best_deeper_depth(tr: &TaskRuns) -> Result<(usize, usize)> {
+    let depths = tr.depths();
+    let shallow = *depths.first().context("no runs")?;
+    let mut best: Option<(usize, f64, f64)> = None;
+    for &d in &depths[1..] {
+        let (f, g) = (tr.grok_fraction(d), tr.mean_final_gen(d));
+        if best.is_none_or(|(_, bf, bg)| f > bf || (f == bf && g > bg)) {
+            best = Some((d, f, g));
+        }
+    }
+    let best = best.context("only one depth: nothing to compare")?.0;
+    Ok((shallow, best))
+}
+
+/// Per task: the mean final `f` at the shallowest depth minus at the best-generalising depth.
+fn shallow_vs_best(
+    ev: &Evidence,
+    what: &str,
+    f: impl Fn(&RunCurve) -> Result<f64>,
+) -> Result<Measured> {
+    let mut v = Vec::new();
+    let mut parts = Vec::new();
+    for (t, tr) in &ev.tasks {
+        let (shallow, best) = best_deeper_depth(tr)?;
+        let at = |d: usize| -> Result<f64> {
+            let xs = tr
+                .at_depth(d)
+                .iter()
+                .map(|r| f(r))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(mean(&xs))
+        };
+        let (a, b) = (at(shallow)?, at(best)?);
+        v.push(a - b);
+        parts.push(format!("{t}: d{shallow} {a:.2} vs d{best} {b:.2}"));
+    }
+    values(
+        v,
+        format!(
+            "final {what}, shallowest vs best-generalising depth: {}",
+            parts.join("; ")
+        ),
+    )
+}
+
+fn projections(ev: &Evidence) -> Result<&[Projection]> {
+    ev.projections
+        .as_deref()
+        .context("the projection check of final checkpoints exists only at the cpu scale")
+}
+
+/// Per task: the code's tscore estimate (mean over seeds) at the best-generalising depth minus
+/// the largest at the other depths.
+fn tscore_at_best_depth(ev: &Evidence) -> Result<Measured> {
+    let p = projections(ev)?;
+    let mut v = Vec::new();
+    let mut parts = Vec::new();
+    for (t, tr) in &ev.tasks {
+        let best = tr.best_depth();
+        let at = |d: usize| {
+            let xs: Vec<f64> = p
+                .iter()
+                .filter(|x| &x.task == t && x.depth == d)
+                .map(|x| x.tscore_code_estimate)
+                .collect();
+            (!xs.is_empty()).then(|| mean(&xs))
+        };
+        let b = at(best).with_context(|| format!("no projection check of `{t}` depth {best}"))?;
+        let others: Vec<(usize, f64)> = tr
+            .depths()
+            .into_iter()
+            .filter(|&d| d != best)
+            .filter_map(|d| at(d).map(|x| (d, x)))
+            .collect();
+        let max = others.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+        v.push(b - max);
+        let o: Vec<String> = others.iter().map(|(d, x)| format!("d{d} {x:.2}")).collect();
+        parts.push(format!("{t}: best d{best} {b:.2} vs {}", o.join(", ")));
+    }
+    values(v, parts.join("; "))
 }

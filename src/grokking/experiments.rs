@@ -418,7 +418,19 @@ pub fn ensure_runs(config: &Path, preset: Preset, runs: &Path, quiet: bool) -> R
         .preset(preset)
         .with_context(|| format!("in `{}`", config.display()))?
         .clone();
-    let root = runs.join("grokking");
+    ensure_runs_with(exp, settings, preset, &runs.join("grokking"), quiet)
+}
+
+/// [`ensure_runs`] for settings already loaded (e.g. a preset with `--set` overrides), with the
+/// run directories under `root` (`<root>/<task>/<preset>/depth<L>_seed<S>`).
+pub fn ensure_runs_with(
+    exp: GrokkingExperiment,
+    settings: Settings,
+    preset: Preset,
+    root: &Path,
+    quiet: bool,
+) -> Result<TaskRuns> {
+    let root = root.to_path_buf();
     let task = exp.task;
     let all: Vec<(usize, u64, PathBuf)> = settings
         .depths
