@@ -454,6 +454,9 @@ impl FigureConfig for FcnWidthConfig {
 #[serde(deny_unknown_fields)]
 pub struct SeparationConfig {
     pub seed: u64,
+    /// Seeds the whole study is repeated at (none: `seed` alone); the chart shows the first.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
     /// Sequence lengths T.
     pub ts: Vec<usize>,
     pub d: usize,
@@ -472,6 +475,15 @@ pub struct SeparationConfig {
 }
 
 impl SeparationConfig {
+    /// The seeds of the study: `seeds`, or `seed` alone.
+    pub fn all_seeds(&self) -> Vec<u64> {
+        if self.seeds.is_empty() {
+            vec![self.seed]
+        } else {
+            self.seeds.clone()
+        }
+    }
+
     /// The transformer run at length t and the reference d_e.
     pub fn base(&self, t: usize) -> RunConfig {
         RunConfig {

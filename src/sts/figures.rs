@@ -495,6 +495,8 @@ fn fcn_width(ctx: &FigureContext) -> Result<FigureOutput> {
         summary: json!({
             "widths": p.widths,
             "fcn_test_mse_mean": (0..xs.len()).map(|i| mean(&mse.iter().map(|r| r[i]).collect::<Vec<_>>())).collect::<Vec<_>>(),
+            "fcn_test_mse_by_seed": nets.iter().map(|n| n.iter().map(|r| r.test_mse).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "certificate_by_seed": nets.iter().map(|n| n.iter().map(|r| r.certificate).collect::<Vec<_>>()).collect::<Vec<_>>(),
             "certificate_mean": nets.iter().map(|n| mean(&n.iter().map(|r| r.certificate).collect::<Vec<_>>())).collect::<Vec<_>>(),
             "lower_bound": p.widths.iter().map(|&m| fcn_lower_bound_closed_form(task.t, task.d, task.q, m)).collect::<Result<Vec<_>>>()?,
             "transformer_loss": t_loss,
@@ -508,10 +510,19 @@ fn fcn_width(ctx: &FigureContext) -> Result<FigureOutput> {
 
 fn separation(ctx: &FigureContext) -> Result<FigureOutput> {
     let p: SeparationConfig = load(ctx)?;
+    let seeds = p.all_seeds();
     let total = (p.transformer.steps * p.des.len() + p.fcn.steps * p.width_factors.len()) as u64
-        * p.ts.len() as u64;
+        * (p.ts.len() * seeds.len()) as u64;
     let pb = bar(ctx, total, "sts/separation: training");
-    let rows = separation_rows(&p, &pb)?;
+    let rows_by_seed = seeds
+        .iter()
+        .map(|&s| {
+            let mut one = p.clone();
+            one.seed = s;
+            separation_rows(&one, &pb)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rows = rows_by_seed[0].clone();
     pb.finish_and_clear();
     let xs: Vec<f64> = p.ts.iter().map(|&t| t as f64).collect();
     let get = |k: &str| -> Vec<f64> {
@@ -569,6 +580,13 @@ fn separation(ctx: &FigureContext) -> Result<FigureOutput> {
     };
     Ok(FigureOutput {
         charts: vec![chart],
-        summary: json!({ "target_fraction": p.target_fraction, "rows": rows }),
+        summary: json!({
+            "target_fraction": p.target_fraction,
+            "d": p.d,
+            "q": p.q,
+            "seeds": seeds,
+            "rows": rows,
+            "rows_by_seed": rows_by_seed,
+        }),
     })
 }
