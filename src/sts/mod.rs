@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod claims;
+mod claims_figures;
 pub mod cli;
 pub mod config;
 pub mod experiments;
