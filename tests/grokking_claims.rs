@@ -1,78 +1,18 @@
 //! The structural-grokking claims of the ledger (`experiments/claims/grokking.toml`) checked
 //! through `attnlab::verify::check`, the code `attnlab verify` runs: at the quick scale (the short
-//! runs of `experiments/grokking/verify_quick.toml`, trained in a temporary directory; about a
+//! runs of `experiments/grokking/verify/quick.toml`, trained in a temporary directory; about a
 //! minute on 2 cores) every claim listing `quick` must hold; at the cpu scale (the committed
 //! per-run curves, nothing retrained) every claim listing `cpu` must be measured and decided.
 
-use attnlab::verify::{self, ledger, Claim, ClaimResult, Ctx, Kind, Scale, Verdict};
-use std::path::Path;
+mod common;
 
-/// The real ledger, with an empty file for a paper whose claims are not written yet.
-fn ledger_in(dir: &Path) -> Vec<(String, Claim)> {
-    let claims = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/claims");
-    for paper in ledger::PAPERS {
-        let src = claims.join(format!("{paper}.toml"));
-        let dst = dir.join(format!("{paper}.toml"));
-        if src.exists() {
-            std::fs::copy(&src, &dst).unwrap();
-        } else {
-            assert_ne!(
-                paper, "grokking",
-                "experiments/claims/grokking.toml is missing"
-            );
-            std::fs::write(&dst, format!("paper = \"{paper}\"\nclaim = []\n")).unwrap();
-        }
-    }
-    ledger::load(dir).unwrap()
-}
-
-fn check_at(scale: Scale) -> (Vec<(String, Claim)>, Vec<ClaimResult>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    let all = ledger_in(dir.path());
-    let runs = dir.path().join("runs");
-    let ctx = Ctx {
-        scale,
-        runs: &runs,
-        figures: &root.join("figures"),
-        experiments: &root.join("experiments"),
-        quiet: true,
-    };
-    let results = verify::check(&all, &["grokking".to_string()], &ctx).unwrap();
-    (all, results)
-}
-
-fn grokking_claims(all: &[(String, Claim)]) -> Vec<&Claim> {
-    all.iter()
-        .map(|(_, c)| c)
-        .filter(|c| c.paper() == "grokking")
-        .collect()
-}
+use attnlab::verify::{Kind, Scale, Verdict};
+use common::{assert_claims_hold_at, check_claims, claim_result};
 
 #[test]
 fn quick_scale_grokking_claims_hold() {
-    let (all, results) = check_at(Scale::Quick);
-    let quick: Vec<&Claim> = grokking_claims(&all)
-        .into_iter()
-        .filter(|c| c.scales.contains(&Scale::Quick))
-        .collect();
-    assert!(
-        quick.len() >= 3,
-        "only {} grokking claims at the quick scale",
-        quick.len()
-    );
-    for c in quick {
-        let r = results.iter().find(|r| r.id == c.id).unwrap();
-        assert_eq!(
-            r.verdict,
-            Verdict::Holds,
-            "{}: {} ({}; rule {})",
-            c.id,
-            r.summary,
-            r.note,
-            r.rule
-        );
-    }
+    let (claims, results) = check_claims("grokking", Scale::Quick);
+    assert_claims_hold_at(&claims, &results, Scale::Quick, 3);
     // Grokking itself is not claimed at this scale: those claims say why.
     for r in &results {
         if r.verdict == Verdict::NotShownAtThisScale {
@@ -83,11 +23,10 @@ fn quick_scale_grokking_claims_hold() {
 
 #[test]
 fn cpu_scale_grokking_claims_are_decided_from_the_committed_runs() {
-    let (all, results) = check_at(Scale::Cpu);
-    let claims = grokking_claims(&all);
+    let (claims, results) = check_claims("grokking", Scale::Cpu);
     assert!(claims.len() >= 8, "only {} grokking claims", claims.len());
     for c in &claims {
-        let r = results.iter().find(|r| r.id == c.id).unwrap();
+        let r = claim_result(&results, &c.id);
         if c.scales.contains(&Scale::Cpu) {
             assert!(
                 matches!(r.verdict, Verdict::Holds | Verdict::Fails),
@@ -102,7 +41,7 @@ fn cpu_scale_grokking_claims_are_decided_from_the_committed_runs() {
     }
     // A consistency check (a property of the code) must hold wherever it is measured.
     for c in claims.iter().filter(|c| c.kind == Kind::Consistency) {
-        let r = results.iter().find(|r| r.id == c.id).unwrap();
+        let r = claim_result(&results, &c.id);
         assert_eq!(r.verdict, Verdict::Holds, "{}: {}", c.id, r.summary);
     }
     // The robust findings of the CPU runs (paper_notes.md section 3): Dyck groks structurally,
@@ -112,18 +51,19 @@ fn cpu_scale_grokking_claims_are_decided_from_the_committed_runs() {
         "grokking/weight-norm-grows",
         "grokking/sparsity-grows",
     ] {
-        let r = results.iter().find(|r| r.id == id).unwrap();
+        let r = claim_result(&results, id);
         assert_eq!(r.verdict, Verdict::Holds, "{id}: {}", r.summary);
     }
 }
 
 #[test]
 fn every_section_4_finding_has_a_claim() {
-    let dir = tempfile::tempdir().unwrap();
-    let all = ledger_in(dir.path());
-    let ids: Vec<&str> = grokking_claims(&all)
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let all = attnlab::verify::ledger::load(&root.join("experiments/claims")).unwrap();
+    let ids: Vec<&str> = all
         .iter()
-        .map(|c| c.id.as_str())
+        .map(|(_, c)| c.id.as_str())
+        .filter(|id| id.starts_with("grokking/"))
         .collect();
     for want in [
         "structural-grokking",

@@ -5,7 +5,7 @@
 //!   (`<figures>/grokking/runs/<task>/cpu/depth<L>_seed<S>/metrics.csv`, read by column name) and
 //!   the tree-projection check of their final checkpoints (`<figures>/grokking/projection_check.jsonl`);
 //!   nothing is retrained.
-//! - `quick`: trains the short runs of `experiments/grokking/verify_quick.toml` through the run
+//! - `quick`: trains the short runs of `experiments/grokking/verify/quick.toml` through the run
 //!   engine under `<runs>/grokking/` (a second call reuses them).
 //! - `paper`: not runnable here (300k-step runs at d_model 512, 10 seeds per depth).
 //!
@@ -34,7 +34,7 @@ fn task_name(task: Task) -> String {
     format!("{task:?}").to_lowercase()
 }
 
-/// The quick scale's runs: `experiments/grokking/verify_quick.toml`.
+/// The quick scale's runs: `experiments/grokking/verify/quick.toml`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QuickFile {
@@ -160,7 +160,7 @@ fn committed(ctx: &Ctx) -> Result<Evidence> {
 /// Trains (or reuses) the quick scale's runs.
 fn quick(ctx: &Ctx) -> Result<Evidence> {
     let dir = ctx.experiments.join("grokking");
-    let file: QuickFile = crate::config::load_toml(&dir.join("verify_quick.toml"))?;
+    let file: QuickFile = crate::config::load_toml(&dir.join("verify/quick.toml"))?;
     let mut tasks = BTreeMap::new();
     let root = ctx.runs.join("grokking");
     for r in &file.runs {
@@ -168,7 +168,7 @@ fn quick(ctx: &Ctx) -> Result<Evidence> {
         let exp = GrokkingExperiment::load_with(&path, Preset::Cpu, &r.set).with_context(|| {
             format!(
                 "in `run.set` of `{}`",
-                dir.join("verify_quick.toml").display()
+                dir.join("verify/quick.toml").display()
             )
         })?;
         let settings = exp.cpu.clone();

@@ -1,7 +1,7 @@
 //! This paper's claims of the ledger (`experiments/claims/lego.toml`), measured for
 //! `attnlab verify`.
 //!
-//! - **quick**: a handful of small runs (`experiments/lego/quick.toml`: chains of 4, the first
+//! - **quick**: a handful of small runs (`experiments/lego/verify/quick.toml`: chains of 4, the first
 //!   2 supervised) trained on the run engine under `<ctx.runs>/lego/<label>-seed<S>/`, each
 //!   once for every claim that needs it, so a second `verify` (or the test) reuses them and
 //!   Ctrl-C resumes.
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// `experiments/lego/quick.toml`: the sizes of the quick-scale runs.
+/// `experiments/lego/verify/quick.toml`: the sizes of the quick-scale runs.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QuickFile {
@@ -278,7 +278,11 @@ struct Quick {
 impl Quick {
     /// Trains (or reloads) every run `claims` need, once each, for every seed.
     fn train(claims: &[&Claim], ctx: &Ctx) -> Result<Self> {
-        let path = ctx.experiments.join("lego").join("quick.toml");
+        let path = ctx
+            .experiments
+            .join("lego")
+            .join("verify")
+            .join("quick.toml");
         let preset = load_toml::<QuickFile>(&path)?.quick;
         preset
             .task

@@ -76,3 +76,75 @@ pub fn bits_without_wall(rows: &[Vec<f64>]) -> Vec<Vec<u64>> {
         })
         .collect()
 }
+
+/// `paper`'s claims of the ledger (`experiments/claims/`) checked at `scale` through
+/// `verify::check`, the code `attnlab verify` runs, training in a temporary directory: the
+/// paper's claims and their results.
+pub fn check_claims(
+    paper: &str,
+    scale: attnlab::verify::Scale,
+) -> (
+    Vec<attnlab::verify::Claim>,
+    Vec<attnlab::verify::ClaimResult>,
+) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let all = attnlab::verify::ledger::load(&root.join("experiments/claims")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let ctx = attnlab::verify::Ctx {
+        scale,
+        runs: &runs,
+        figures: &root.join("figures"),
+        experiments: &root.join("experiments"),
+        quiet: true,
+    };
+    let results = attnlab::verify::check(&all, &[paper.to_string()], &ctx).unwrap();
+    let claims = all
+        .into_iter()
+        .map(|(_, c)| c)
+        .filter(|c| c.paper() == paper)
+        .collect();
+    (claims, results)
+}
+
+/// The result of claim `id`.
+pub fn claim_result<'a>(
+    results: &'a [attnlab::verify::ClaimResult],
+    id: &str,
+) -> &'a attnlab::verify::ClaimResult {
+    results
+        .iter()
+        .find(|r| r.id == id)
+        .unwrap_or_else(|| panic!("no result for `{id}`"))
+}
+
+/// Asserts that at least `min` of `claims` list `scale` and that every one of them holds.
+pub fn assert_claims_hold_at(
+    claims: &[attnlab::verify::Claim],
+    results: &[attnlab::verify::ClaimResult],
+    scale: attnlab::verify::Scale,
+    min: usize,
+) {
+    let at: Vec<_> = claims
+        .iter()
+        .filter(|c| c.scales.contains(&scale))
+        .collect();
+    assert!(
+        at.len() >= min,
+        "only {} claims at the {} scale",
+        at.len(),
+        scale.name()
+    );
+    for c in at {
+        let r = claim_result(results, &c.id);
+        assert_eq!(
+            r.verdict,
+            attnlab::verify::Verdict::Holds,
+            "{}: {} ({}; rule {})",
+            c.id,
+            r.summary,
+            r.note,
+            r.rule
+        );
+    }
+}
