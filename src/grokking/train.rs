@@ -151,16 +151,14 @@ impl Trainer for GrokTrainer<'_> {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
-        st.put_varmap("model", &self.vm)?;
-        st.put_optimizer("optim", &self.opt)?;
+        st.put_model(&self.vm, &self.opt)?;
         st.put_rng("batches", &self.batches);
         st.put_rng("dropout", &self.dropout);
         st.put_json("first_loss", &self.first_loss)
     }
 
     fn load(&mut self, st: &State) -> Result<()> {
-        st.load_varmap("model", &self.vm)?;
-        st.load_optimizer("optim", &mut self.opt)?;
+        st.load_model(&self.vm, &mut self.opt)?;
         self.batches = st.rng("batches")?;
         self.dropout = st.rng("dropout")?;
         self.first_loss = st.json("first_loss")?;

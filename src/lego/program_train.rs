@@ -283,8 +283,7 @@ impl Trainer for ProgramTrainer {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
-        st.put_varmap("model", &self.varmap)?;
-        st.put_optimizer("optim", &self.opt)?;
+        st.put_model(&self.varmap, &self.opt)?;
         if let Some(f) = self.first_loss {
             st.put_json("first_loss", &f)?;
         }
@@ -292,8 +291,7 @@ impl Trainer for ProgramTrainer {
     }
 
     fn load(&mut self, st: &State) -> Result<()> {
-        st.load_varmap("model", &self.varmap)?;
-        st.load_optimizer("optim", &mut self.opt)?;
+        st.load_model(&self.varmap, &mut self.opt)?;
         self.first_loss = if st.has_json("first_loss") {
             Some(st.json("first_loss")?)
         } else {

@@ -235,20 +235,12 @@ impl Trainer for LegoTrainer<'_> {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
-        st.put_varmap("model", &self.lm.varmap)?;
-        st.put_optimizer("optim", &self.opt)?;
-        st.put_f64("losses", &[self.losses.len()], &self.losses);
+        save_weights_and_losses(st, self.lm, &self.opt, &self.losses)?;
         self.epochs.save(st)
     }
 
     fn load(&mut self, st: &State) -> Result<()> {
-        st.load_varmap("model", &self.lm.varmap)?;
-        st.load_optimizer("optim", &mut self.opt)?;
-        self.losses = st.get_f64("losses")?.1;
-        anyhow::ensure!(
-            self.losses.len() as u64 == self.opt.step,
-            "the checkpoint's step counts disagree"
-        );
+        self.losses = load_weights_and_losses(st, self.lm, &mut self.opt)?;
         self.epochs.load(st, self.opt.step)
     }
 
@@ -386,20 +378,12 @@ impl Trainer for MimicTrainer<'_> {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
-        st.put_varmap("model", &self.lm.varmap)?;
-        st.put_optimizer("optim", &self.opt)?;
-        st.put_f64("losses", &[self.losses.len()], &self.losses);
+        save_weights_and_losses(st, self.lm, &self.opt, &self.losses)?;
         Ok(())
     }
 
     fn load(&mut self, st: &State) -> Result<()> {
-        st.load_varmap("model", &self.lm.varmap)?;
-        st.load_optimizer("optim", &mut self.opt)?;
-        self.losses = st.get_f64("losses")?.1;
-        anyhow::ensure!(
-            self.losses.len() as u64 == self.opt.step,
-            "the checkpoint's step counts disagree"
-        );
+        self.losses = load_weights_and_losses(st, self.lm, &mut self.opt)?;
         Ok(())
     }
 
@@ -506,4 +490,28 @@ pub fn mimic_pretrain(
     let mut mt = MimicTrainer::new(lm, mc, n_var, run)?;
     drive(&mut mt, &DriveOpts::new(None))?;
     Ok(mt.losses)
+}
+
+/// The state the LEGO and mimicking trainers share: the model, its optimiser and every step's
+/// loss.
+fn save_weights_and_losses(
+    st: &mut State,
+    lm: &LegoModel,
+    opt: &Optimizer,
+    losses: &[f64],
+) -> Result<()> {
+    st.put_model(&lm.varmap, opt)?;
+    st.put_f64("losses", &[losses.len()], losses);
+    Ok(())
+}
+
+/// Restores what [`save_weights_and_losses`] stored; returns the losses.
+fn load_weights_and_losses(st: &State, lm: &LegoModel, opt: &mut Optimizer) -> Result<Vec<f64>> {
+    st.load_model(&lm.varmap, opt)?;
+    let losses = st.get_f64("losses")?.1;
+    anyhow::ensure!(
+        losses.len() as u64 == opt.step,
+        "the checkpoint's step counts disagree"
+    );
+    Ok(losses)
 }

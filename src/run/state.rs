@@ -213,6 +213,19 @@ impl State {
         Ok(())
     }
 
+    /// Stores a model's variables (`model.*`) and its optimiser's state (`optim.*`): what every
+    /// candle trainer checkpoints.
+    pub fn put_model(&mut self, vm: &VarMap, opt: &Optimizer) -> Result<()> {
+        self.put_varmap("model", vm)?;
+        self.put_optimizer("optim", opt)
+    }
+
+    /// Restores what [`State::put_model`] stored.
+    pub fn load_model(&self, vm: &VarMap, opt: &mut Optimizer) -> Result<()> {
+        self.load_varmap("model", vm)?;
+        self.load_optimizer("optim", opt)
+    }
+
     /// Stores a generator's full state under `name`.
     pub fn put_rng(&mut self, name: &str, r: &Rng) {
         self.meta.insert(format!("rng.{name}"), rng_to_string(r));

@@ -274,16 +274,14 @@ impl Trainer for FcnTrainer {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
-        st.put_varmap("fcn", self.net.var_map())?;
-        st.put_optimizer("opt", &self.opt)?;
+        st.put_model(self.net.var_map(), &self.opt)?;
         st.put_rng("train", &self.rng);
         st.put_json("curve", &self.curve)?;
         st.put_json("ceiling", &self.ceiling)
     }
 
     fn load(&mut self, st: &State) -> Result<()> {
-        st.load_varmap("fcn", self.net.var_map())?;
-        st.load_optimizer("opt", &mut self.opt)?;
+        st.load_model(self.net.var_map(), &mut self.opt)?;
         self.rng = st.rng("train")?;
         self.curve = st.json("curve")?;
         self.ceiling = st.json("ceiling")?;
