@@ -21,6 +21,7 @@
 use super::task::Batch;
 use ndarray::{s, Array1, Array2, ArrayView1, Axis, Zip};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::fmt::Debug;
 
 /// Float types the exact models run in (f32 and f64).
@@ -40,9 +41,19 @@ pub trait Real:
     fn f64(self) -> f64 {
         num_traits::ToPrimitive::to_f64(&self).expect("finite")
     }
+    /// A batch sampled in f64, in this precision (borrowed when it already is).
+    fn from_f64_batch(b: &Batch<f64>) -> Cow<'_, Batch<Self>>;
 }
-impl Real for f32 {}
-impl Real for f64 {}
+impl Real for f32 {
+    fn from_f64_batch(b: &Batch<f64>) -> Cow<'_, Batch<Self>> {
+        Cow::Owned(b.cast())
+    }
+}
+impl Real for f64 {
+    fn from_f64_batch(b: &Batch<f64>) -> Cow<'_, Batch<Self>> {
+        Cow::Borrowed(b)
+    }
+}
 
 /// Largest |c| accepted for `W = c I` (a prediction's grid, a run's `init_c`). Attention is
 /// one-hot to double precision long before (score gaps above ~40 saturate `exp`), while at

@@ -7,7 +7,7 @@
 
 use crate::config::require;
 use anyhow::Result;
-use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis};
+use ndarray::{s, Array2, Array3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rand::seq::index::sample;
 use rand::Rng as _;
 use rand_distr::StandardNormal;
@@ -177,6 +177,33 @@ pub struct Batch<F = f64> {
 }
 
 impl Batch<f64> {
+    /// A batch of no examples, to be filled by [`sample_batch_into`].
+    pub fn empty() -> Self {
+        Batch {
+            x: Array3::zeros((0, 0, 0)),
+            p: Array3::zeros((0, 0, 0)),
+            s: Array2::zeros((0, 0)),
+            sel: Array2::zeros((0, 0)),
+            target: Array2::zeros((0, 0)),
+        }
+    }
+
+    /// Gives the batch the shape of `n` examples, keeping the buffers that already have it
+    /// (their contents are overwritten by the sampler).
+    fn reshape(&mut self, n: usize, t: usize, d: usize, de: usize) {
+        if self.x.dim() != (n, t, d) {
+            self.x = Array3::zeros((n, t, d));
+            self.target = Array2::zeros((n, d));
+        }
+        if self.p.dim() != (n, t, de) {
+            self.p = Array3::zeros((n, t, de));
+            self.s = Array2::zeros((n, de));
+        }
+        if self.sel.dim() != (n, t) {
+            self.sel = Array2::zeros((n, t));
+        }
+    }
+
     /// The same batch in another float type.
     pub fn cast<F: num_traits::Float + num_traits::FromPrimitive>(&self) -> Batch<F> {
         let c = |v: &f64| F::from_f64(*v).expect("finite");
@@ -237,9 +264,23 @@ pub fn sample_batch(
     table: Option<&Array2<f64>>,
     rng: &mut crate::rng::Rng,
 ) -> Result<Batch> {
+    let mut out = Batch::empty();
+    sample_batch_into(cfg, n, table, rng, &mut out)?;
+    Ok(out)
+}
+
+/// [`sample_batch`] into `out`, reusing its buffers when the shapes match: at the paper's
+/// sizes a batch is half a gigabyte, and fresh pages cost more than the step's arithmetic.
+pub fn sample_batch_into(
+    cfg: &TaskConfig,
+    n: usize,
+    table: Option<&Array2<f64>>,
+    rng: &mut crate::rng::Rng,
+    out: &mut Batch,
+) -> Result<()> {
     cfg.validate()?;
     cfg.check_examples(n, "examples")?;
-    let (t, de) = (cfg.t, cfg.de);
+    let (t, d, de) = (cfg.t, cfg.d, cfg.de);
     if cfg.encoding == Encoding::Fixed {
         let rows = table.map(|tb| tb.nrows()).unwrap_or(0);
         require(
@@ -248,41 +289,59 @@ pub fn sample_batch(
             format!("a fixed table of at least T = {t} rows of width d_e = {de} is needed (got {rows} rows)"),
         )?;
     }
-    let seeds: Vec<(usize, u64)> = (0..n.div_ceil(SAMPLE_CHUNK))
-        .map(|i| ((n - i * SAMPLE_CHUNK).min(SAMPLE_CHUNK), rng.gen()))
+    out.reshape(n, t, d, de);
+    let seeds: Vec<u64> = (0..n.div_ceil(SAMPLE_CHUNK)).map(|_| rng.gen()).collect();
+    let parts: Vec<_> = seeds
+        .into_iter()
+        .zip(out.x.axis_chunks_iter_mut(Axis(0), SAMPLE_CHUNK))
+        .zip(out.p.axis_chunks_iter_mut(Axis(0), SAMPLE_CHUNK))
+        .zip(out.s.axis_chunks_iter_mut(Axis(0), SAMPLE_CHUNK))
+        .zip(out.sel.axis_chunks_iter_mut(Axis(0), SAMPLE_CHUNK))
+        .zip(out.target.axis_chunks_iter_mut(Axis(0), SAMPLE_CHUNK))
+        .map(|(((((seed, x), p), s), sel), target)| {
+            (
+                seed,
+                BatchViewMut {
+                    x,
+                    p,
+                    s,
+                    sel,
+                    target,
+                },
+            )
+        })
         .collect();
-    let parts: Vec<Batch> = seeds
-        .par_iter()
-        .map(|&(m, seed)| sample_chunk(cfg, m, table, &mut crate::rng::seeded(seed)))
-        .collect();
-    if parts.len() == 1 {
-        return Ok(parts.into_iter().next().expect("one part"));
-    }
-    let cat3 = |f: fn(&Batch) -> ArrayView3<f64>| {
-        ndarray::concatenate(Axis(0), &parts.iter().map(f).collect::<Vec<_>>())
-    };
-    let cat2 = |f: fn(&Batch) -> ArrayView2<f64>| {
-        ndarray::concatenate(Axis(0), &parts.iter().map(f).collect::<Vec<_>>())
-    };
-    Ok(Batch {
-        x: cat3(|b| b.x.view())?,
-        p: cat3(|b| b.p.view())?,
-        s: cat2(|b| b.s.view())?,
-        sel: cat2(|b| b.sel.view())?,
-        target: cat2(|b| b.target.view())?,
-    })
+    parts
+        .into_par_iter()
+        .for_each(|(seed, view)| sample_chunk(cfg, table, &mut crate::rng::seeded(seed), view));
+    Ok(())
+}
+
+/// One chunk of a batch being sampled in place.
+struct BatchViewMut<'a> {
+    x: ArrayViewMut3<'a, f64>,
+    p: ArrayViewMut3<'a, f64>,
+    s: ArrayViewMut2<'a, f64>,
+    sel: ArrayViewMut2<'a, f64>,
+    target: ArrayViewMut2<'a, f64>,
 }
 
 fn sample_chunk(
     cfg: &TaskConfig,
-    n: usize,
     table: Option<&Array2<f64>>,
     rng: &mut crate::rng::Rng,
-) -> Batch {
-    let (t, d, q, de) = (cfg.t, cfg.d, cfg.q, cfg.de);
-    let mut x = Array3::<f64>::zeros((n, t, d));
+    out: BatchViewMut<'_>,
+) {
+    let (t, q) = (cfg.t, cfg.q);
+    let BatchViewMut {
+        mut x,
+        mut p,
+        mut s,
+        mut sel,
+        mut target,
+    } = out;
+    let n = x.len_of(Axis(0));
     x.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
-    let mut p = Array3::<f64>::zeros((n, t, de));
     match (cfg.encoding, table) {
         (Encoding::Fixed, Some(tb)) => {
             for mut ex in p.outer_iter_mut() {
@@ -293,16 +352,16 @@ fn sample_chunk(
             p.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
             for mut row in p.rows_mut() {
                 let scale = match cfg.encoding {
-                    Encoding::Gaussian => 1.0 / (de as f64).sqrt(),
+                    Encoding::Gaussian => 1.0 / (cfg.de as f64).sqrt(),
                     _ => 1.0 / row.dot(&row).sqrt().max(1e-300),
                 };
                 row *= scale;
             }
         }
     }
-    let mut s = Array2::zeros((n, de));
-    let mut sel = Array2::zeros((n, t));
-    let mut target = Array2::zeros((n, d));
+    s.fill(0.0);
+    sel.fill(0.0);
+    target.fill(0.0);
     let scale = match cfg.query {
         Query::Sum => 1.0,
         Query::Mean => 1.0 / q as f64,
@@ -315,12 +374,5 @@ fn sample_chunk(
                 .row_mut(b)
                 .scaled_add(1.0 / q as f64, &x.slice(s![b, i, ..]));
         }
-    }
-    Batch {
-        x,
-        p,
-        s,
-        sel,
-        target,
     }
 }

@@ -7,7 +7,7 @@
 use super::config::{Precision, RunConfig, TransformerConfig};
 use super::model::{ExactTransformer, Real};
 use super::seeds;
-use super::task::{fixed_table, sample_batch, Batch, Encoding, TaskConfig};
+use super::task::{fixed_table, sample_batch, sample_batch_into, Batch, Encoding, TaskConfig};
 use super::theory::{loss_at_zero, measure, EncodingSample, Estimate, C_MAX};
 use crate::rng::{stream, Rng};
 use crate::run::{
@@ -184,6 +184,8 @@ pub struct TransformerTrainer<F: Real> {
     train_rng: Rng,
     /// The fixed dataset of full-batch GD (`None`: a fresh batch every step).
     dataset: Option<Batch<F>>,
+    /// The fresh batch's buffers, refilled every step.
+    fresh: Batch,
     test: Batch,
     /// The run's own encoding sample, behind the scalar prediction.
     theory: EncodingSample,
@@ -274,6 +276,7 @@ impl<F: Real> TransformerTrainer<F> {
             table,
             train_rng,
             dataset,
+            fresh: Batch::empty(),
             test,
             theory,
             ceiling,
@@ -317,18 +320,19 @@ impl<F: Real> Trainer for TransformerTrainer<F> {
     }
 
     fn step(&mut self, _step: u64) -> Result<StepOutcome> {
-        let fresh;
+        let cast;
         let batch = match &self.dataset {
             Some(ds) => ds,
             None => {
-                fresh = sample_batch(
+                sample_batch_into(
                     &self.task,
                     self.tc.batch,
                     self.table.as_ref(),
                     &mut self.train_rng,
-                )?
-                .cast::<F>();
-                &fresh
+                    &mut self.fresh,
+                )?;
+                cast = F::from_f64_batch(&self.fresh);
+                &*cast
             }
         };
         let (loss, grad, losses) = self.model.loss_grad_and_losses(batch);
