@@ -33,6 +33,7 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    restart_for_openblas();
     match dispatch(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -45,6 +46,7 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     attnlab::interrupt::install();
+    attnlab::nn::blas::check_env()?;
     match cli.cmd {
         Cmd::Sts(a) => attnlab::sts::cli::run(a),
         Cmd::Figures(a) => attnlab::figures::run(a),
@@ -53,5 +55,22 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Program(a) => attnlab::lego::cli::run_program(a),
         Cmd::Grokking(a) => attnlab::grokking::cli::run(a),
         Cmd::Verify(a) => attnlab::verify::run(a),
+    }
+}
+
+/// Restarts the process with `OPENBLAS_CORETYPE` set when OpenBLAS loaded its generic kernels
+/// on a CPU it does not know (see `nn::blas`): the variable is read only while the library
+/// loads, before `main`. The same arguments and `argv[0]`; on failure the run goes on as is.
+fn restart_for_openblas() {
+    #[cfg(unix)]
+    if let Some(core) = attnlab::nn::blas::coretype_to_set() {
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        let argv0 = args.next().unwrap_or_default();
+        let _ = std::process::Command::new("/proc/self/exe")
+            .arg0(argv0)
+            .args(args)
+            .env("OPENBLAS_CORETYPE", core)
+            .exec();
     }
 }

@@ -14,14 +14,14 @@
 //! Longer than most files: each kernel keeps its forward, its backward and the dtype dispatch
 //! side by side, so the two passes can be read (and checked) against each other.
 
-use crate::nn::ops;
+use crate::nn::{blas, ops};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-trait Elem: ops::Float {
+trait Elem: ops::Float + blas::Blas {
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
 }
 impl Elem for f32 {
@@ -95,6 +95,14 @@ unsafe fn mm<T: Elem>(
     accumulate: bool,
     par: Parallelism,
 ) {
+    // The large products (parallel ones) go to the faster library; the many small per-head
+    // products inside rayon workers stay on the crate, which has no thread pool of its own.
+    if matches!(par, Parallelism::Rayon(_))
+        && blas::chosen() == blas::Gemm::OpenBlas
+        && blas::try_gemm(m, n, k, dst, d, lhs, l, rhs, r, beta, accumulate)
+    {
+        return;
+    }
     gemm::gemm(
         m,
         n,

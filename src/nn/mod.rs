@@ -15,6 +15,7 @@
 
 pub mod attention;
 pub mod bench;
+pub mod blas;
 pub mod block;
 pub mod config;
 pub mod flops;

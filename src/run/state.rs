@@ -301,7 +301,7 @@ impl State {
             .collect();
         meta.insert("format".into(), FORMAT.into());
         meta.insert("checksum".into(), self.checksum());
-        Ok(safetensors::serialize(views, &Some(meta))?)
+        Ok(safetensors::serialize(views, Some(meta))?)
     }
 
     /// Writes the state to `path` atomically.

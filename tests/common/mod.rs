@@ -148,3 +148,5 @@ pub fn assert_claims_hold_at(
         );
     }
 }
+
+pub mod fused;
