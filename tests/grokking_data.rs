@@ -15,7 +15,7 @@ use attnlab::grokking::tree::BinaryTree;
 use attnlab::grokking::tree_projection::{
     context_free_additive_mask, context_free_key_mask, context_free_mask, cosine_similarity,
     expected_random_tree_score, mean_tscore, project_tree, project_tree_optimal, sci_chart,
-    tparseval, tree_score, tscore_exact, tscore_one_split_estimate, tscore_optimal_tree,
+    tparseval, tree_score, tscore, tscore_exact, tscore_one_split_estimate, tscore_optimal_tree,
 };
 use attnlab::grokking::vocab::{qf_first_word_correct, ti_main_verb_correct, GrammarVocab};
 use attnlab::grokking::SplitSizes;
@@ -768,4 +768,60 @@ fn cli_prints_json_lines_and_names_bad_flags() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--task"));
+}
+
+#[test]
+fn tscore_by_hand_is_best_minus_mean_split_summed_over_the_greedy_tree() {
+    // Words 0..4, every single word 1; the root's own entry is never read.
+    let mut chart = Array2::from_elem((4, 4), 1.0);
+    chart[[0, 1]] = 0.1;
+    chart[[0, 2]] = 0.3;
+    chart[[1, 2]] = 0.5;
+    chart[[1, 3]] = 0.8;
+    chart[[2, 3]] = 0.6;
+    chart[[0, 3]] = 99.0;
+    // Root (0, 3): splits 1 + 0.8 = 1.8, 0.1 + 0.6 = 0.7, 0.3 + 1 = 1.3 -> best 1.8 at k = 0,
+    // mean 3.8 / 3. Node (1, 3): 1 + 0.6 = 1.6, 0.5 + 1 = 1.5 -> best 1.6 at k = 1, mean 1.55.
+    // Node (2, 3): one split, adds 0. tscore = 1.8 - 3.8 / 3 + 0.05 = 7 / 12.
+    let p = project_tree(&chart);
+    assert_eq!(p.tree.brackets().len(), 3);
+    assert!(p.tree.bracket_set().contains(&(1, 3)) && p.tree.bracket_set().contains(&(2, 3)));
+    let t = tscore(&chart);
+    assert!((t - 7.0 / 12.0).abs() < 1e-12, "tscore {t}, by hand 7/12");
+    // The random-tree difference of the same chart is another number.
+    assert!((tscore_exact(&chart) - t).abs() > 1e-3);
+    // Two words: a single split, nothing to gain.
+    assert_eq!(
+        tscore(&Array2::from_shape_fn((2, 2), |(i, j)| (i + j) as f64)),
+        0.0
+    );
+}
+
+#[test]
+fn tscore_is_the_expectation_of_the_official_one_split_estimate() {
+    let n = 9;
+    let chart = Array2::from_shape_fn((n, n), |(i, j)| ((i * 5 + j * 11) % 7) as f64 / 6.0);
+    let exact = tscore(&chart);
+    let mut rng = seeded(5);
+    let draws = 20_000;
+    let xs: Vec<f64> = (0..draws)
+        .map(|_| tscore_one_split_estimate(&chart, &mut rng))
+        .collect();
+    let mean = xs.iter().sum::<f64>() / draws as f64;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (draws - 1) as f64;
+    let se = (var / draws as f64).sqrt();
+    assert!(exact > 0.0 && se > 0.0);
+    assert!(
+        (mean - exact).abs() <= 4.0 * se,
+        "one-split mean {mean:.4} vs exact {exact:.4} (SE {se:.4})"
+    );
+}
+
+proptest! {
+    #[test]
+    fn tscore_is_never_negative(n in 1usize..12, seed in 0u64..1000) {
+        let mut rng = seeded(seed);
+        let chart = Array2::from_shape_fn((n, n), |_| rng.gen_range(-1.0..1.0));
+        prop_assert!(tscore(&chart) >= -1e-12);
+    }
 }

@@ -234,10 +234,17 @@ fn grok_fraction_counts_the_runs_that_reach_the_threshold() {
     let rows = csv_rows(&out.join("grokking/dyck_grok_fraction.csv"));
     let frac: Vec<(f64, f64)> = rows
         .iter()
-        .filter(|r| r.1.starts_with("fraction of seeds"))
+        .filter(|r| r.1.starts_with("generalisation reaches"))
         .map(|r| (r.2, r.3))
         .collect();
     assert_eq!(frac, vec![(1.0, 1.0), (2.0, 1.0 / 3.0)]);
+    // The paper's criterion, the final value: depth 1 has 0.8 and 0.95 of 3, depth 2 has 1.0.
+    let fin: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.1.starts_with("final generalisation >="))
+        .map(|r| (r.2, r.3))
+        .collect();
+    assert_eq!(fin, vec![(1.0, 2.0 / 3.0), (2.0, 1.0 / 3.0)]);
     // Generalisation at the early stop (step 10, the first 0.9): mean over seeds of 0.2 + 0.1 s.
     let es: Vec<(f64, f64)> = rows
         .iter()
@@ -309,10 +316,12 @@ fn grok_onset_is_the_first_saturation_and_the_first_crossing_after_it() {
         step,
         train_loss: 1.0,
         in_domain_acc: ind,
+        in_domain_transform_acc: ind,
         gen_acc: gen,
         weight_norm: 1.0,
         sparsity: -1.0,
         tscore: 0.0,
+        tscore_random_tree: 0.0,
         tparseval: f64::NAN,
         tparseval_right_branching: f64::NAN,
     };
@@ -340,4 +349,51 @@ fn grok_onset_is_the_first_saturation_and_the_first_crossing_after_it() {
         "never crosses after saturation"
     );
     assert!(GrokOnset::of(&curve[..2], 0.8).is_none(), "never saturates");
+}
+
+#[test]
+fn metrics_of_the_older_schema_read_with_their_tscore_renamed() {
+    use attnlab::grokking::experiments::{has_current_columns, parse_metrics, run_is_complete};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Before the paper's tscore was recorded, `tscore` held the random-tree difference.
+    std::fs::write(
+        d.join("metrics.csv"),
+        "step,train_loss,in_domain_acc,gen_acc,weight_norm,sparsity,tscore,tparseval,tparseval_right_branching\n\
+         0,NaN,0.5,0.25,10,-2,-0.125,0.4,0.46\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("summary.json"),
+        r#"{"depth": 2, "seed": 0, "completed": true, "curve": [{"step": 0}]}"#,
+    )
+    .unwrap();
+    let rows = parse_metrics(&d.join("metrics.csv")).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].tscore.is_nan(), "{:?}", rows[0]);
+    assert_eq!(rows[0].tscore_random_tree, -0.125);
+    assert!(rows[0].in_domain_transform_acc.is_nan());
+    assert_eq!((rows[0].in_domain_acc, rows[0].gen_acc), (0.5, 0.25));
+    // A finished older run stays complete (its accuracies stand); it just has no paper tscore.
+    assert!(run_is_complete(d, 2, 0, 0));
+    assert!(!has_current_columns(&d.join("metrics.csv")));
+    // The current schema, same summary: complete.
+    std::fs::write(
+        d.join("metrics.csv"),
+        "step,wall_s,lr,train_loss,in_domain_acc,in_domain_transform_acc,gen_acc,weight_norm,sparsity,tscore,tscore_random_tree,tparseval,tparseval_right_branching\n\
+         0,0.1,0,,0.5,0.75,0.25,10,-2,0.375,-0.125,0.4,0.46\n",
+    )
+    .unwrap();
+    let rows = parse_metrics(&d.join("metrics.csv")).unwrap();
+    assert_eq!(
+        (
+            rows[0].tscore,
+            rows[0].tscore_random_tree,
+            rows[0].in_domain_transform_acc
+        ),
+        (0.375, -0.125, 0.75)
+    );
+    assert!(rows[0].train_loss.is_nan());
+    assert!(run_is_complete(d, 2, 0, 0) && has_current_columns(&d.join("metrics.csv")));
+    assert!(!run_is_complete(d, 2, 1, 0) && !run_is_complete(d, 2, 0, 250));
 }

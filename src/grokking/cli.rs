@@ -210,7 +210,7 @@ pub struct TrainArgs {
 pub struct ProjectArgs {
     #[command(flatten)]
     pub runs: RunSelection,
-    /// Training sentences (2-10 words) to project.
+    /// Training sentences (two or more words, every length) to project.
     #[arg(long, default_value_t = 200)]
     pub sentences: usize,
 }

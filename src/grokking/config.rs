@@ -144,13 +144,24 @@ pub struct TrainConfig {
 pub struct EvalConfig {
     /// Steps between evaluations.
     pub every: usize,
-    /// Training examples for weight norm, attention sparsity and tree projections.
+    /// Training examples for attention sparsity.
     pub train_examples: usize,
+    /// Training sentences (two or more words, every length) whose tree projections (tscore,
+    /// tparseval) are computed at each evaluation; absent: [`DEFAULT_TREE_SENTENCES`].
+    #[serde(default = "default_tree_sentences")]
+    pub tree_sentences: usize,
     /// Generalisation accuracy above which a seed counts as grokked.
     pub grok_threshold: f64,
     /// Dyck: minimum opening-to-closing distance of a scored closing bracket.
     #[serde(default)]
     pub min_dist: Option<usize>,
+}
+
+/// Tree-projection sentences per evaluation when a preset does not say (the paper: 10k).
+pub const DEFAULT_TREE_SENTENCES: usize = 1000;
+
+fn default_tree_sentences() -> usize {
+    DEFAULT_TREE_SENTENCES
 }
 
 impl GrokkingExperiment {
@@ -301,6 +312,7 @@ impl Settings {
         let e = &self.eval;
         require(e.every >= 1, "eval.every", "must be >= 1")?;
         require(e.train_examples >= 1, "eval.train_examples", "must be >= 1")?;
+        require(e.tree_sentences >= 1, "eval.tree_sentences", "must be >= 1")?;
         require_finite(e.grok_threshold, "eval.grok_threshold")?;
         require(
             (0.0..=1.0).contains(&e.grok_threshold),

@@ -19,11 +19,19 @@ pub struct EvalRow {
     pub step: usize,
     /// Mean training loss since the previous evaluation (NaN at step 0).
     pub train_loss: f64,
+    /// Dyck: every validation string; QF: `quest` lines; TI: every validation line (official).
     pub in_domain_acc: f64,
+    /// QF / TI: the validation lines that transform (`quest` / `PRESENT`); NaN for Dyck and in
+    /// runs written before the column existed.
+    pub in_domain_transform_acc: f64,
     pub gen_acc: f64,
     pub weight_norm: f64,
     pub sparsity: f64,
+    /// The paper's tscore ([`super::tree_projection::tscore`]); NaN in runs written before it was
+    /// recorded, whose `tscore` column held the random-tree difference.
     pub tscore: f64,
+    /// `S(T_greedy) - E[S(T_random)]` ([`super::tree_projection::tscore_exact`]).
+    pub tscore_random_tree: f64,
     /// NaN for Dyck (no gold trees).
     pub tparseval: f64,
     /// Right-branching trees against the gold trees (NaN for Dyck).
@@ -32,18 +40,24 @@ pub struct EvalRow {
 
 impl EvalRow {
     /// The metrics columns a row is read from (by name: a run's `metrics.csv` may also hold the
-    /// engine's `wall_s` and `lr`, and older runs lack them).
-    pub const HEADER: [&'static str; 9] = [
+    /// engine's `wall_s` and `lr`, and older runs lack them), in [`EvalRow::values`] order.
+    pub const HEADER: [&'static str; 11] = [
         "step",
         "train_loss",
         "in_domain_acc",
+        "in_domain_transform_acc",
         "gen_acc",
         "weight_norm",
         "sparsity",
         "tscore",
+        "tscore_random_tree",
         "tparseval",
         "tparseval_right_branching",
     ];
+
+    /// The columns a file of the current schema has beyond the older one: a `metrics.csv` without
+    /// them was written before the paper's tscore and the all-lines TI accuracy were recorded.
+    pub const ADDED: [&'static str; 2] = ["in_domain_transform_acc", "tscore_random_tree"];
 
     /// The row from its values in [`EvalRow::HEADER`] order.
     pub fn from_values(v: &[f64]) -> Self {
@@ -51,12 +65,14 @@ impl EvalRow {
             step: v[0] as usize,
             train_loss: v[1],
             in_domain_acc: v[2],
-            gen_acc: v[3],
-            weight_norm: v[4],
-            sparsity: v[5],
-            tscore: v[6],
-            tparseval: v[7],
-            tparseval_right_branching: v[8],
+            in_domain_transform_acc: v[3],
+            gen_acc: v[4],
+            weight_norm: v[5],
+            sparsity: v[6],
+            tscore: v[7],
+            tscore_random_tree: v[8],
+            tparseval: v[9],
+            tparseval_right_branching: v[10],
         }
     }
 
@@ -66,10 +82,12 @@ impl EvalRow {
             self.step as f64,
             self.train_loss,
             self.in_domain_acc,
+            self.in_domain_transform_acc,
             self.gen_acc,
             self.weight_norm,
             self.sparsity,
             self.tscore,
+            self.tscore_random_tree,
             self.tparseval,
             self.tparseval_right_branching,
         ]
@@ -213,7 +231,9 @@ struct StepOnly {
 }
 
 /// True when `dir/summary.json` records this (depth, seed) trained to `steps`: the run is done
-/// and is only read (its checkpoint may have been deleted).
+/// and is only read (its checkpoint may have been deleted). A run written before the columns of
+/// [`EvalRow::ADDED`] existed is complete too (its accuracies stand; its paper tscore reads as
+/// NaN, see [`has_current_columns`]): delete its directory to retrain it with every measure.
 pub fn run_is_complete(dir: &Path, depth: usize, seed: u64, steps: usize) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("summary.json")) else {
         return false;
@@ -227,25 +247,43 @@ pub fn run_is_complete(dir: &Path, depth: usize, seed: u64, steps: usize) -> boo
     })
 }
 
+/// Whether the header of the metrics file `path` has every column of [`EvalRow::HEADER`].
+pub fn has_current_columns(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| {
+        let header: Vec<&str> = t.lines().next().unwrap_or_default().split(',').collect();
+        EvalRow::HEADER.iter().all(|h| header.contains(h))
+    })
+}
+
 /// Reads a run's `metrics.csv` by column name: the engine's schema (`step, wall_s, lr,
-/// train_loss, ...`, missing values empty) and the older one without `wall_s` and `lr` (missing
-/// values `NaN`) both read.
+/// train_loss, ...`, missing values empty) and the older ones without `wall_s` and `lr` (missing
+/// values `NaN`) or without the columns of [`EvalRow::ADDED`] all read. In a file without
+/// `tscore_random_tree`, the `tscore` column held that quantity (on 20 sentences of 2-10 words):
+/// it is read as `tscore_random_tree`, and `tscore` is NaN; missing added columns are NaN.
 pub fn parse_metrics(path: &Path) -> Result<Vec<EvalRow>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let legacy = !header.contains(&"tscore_random_tree");
     let idx = EvalRow::HEADER
         .iter()
-        .map(|h| {
-            header.iter().position(|c| c == h).with_context(|| {
-                format!(
+        .map(|&h| {
+            let name = match h {
+                "tscore" if legacy => return Ok(None),
+                "tscore_random_tree" if legacy => "tscore",
+                h => h,
+            };
+            match header.iter().position(|c| *c == name) {
+                Some(i) => Ok(Some(i)),
+                None if EvalRow::ADDED.contains(&h) => Ok(None),
+                None => Err(anyhow::anyhow!(
                     "`{}` is not a grokking metrics file: it has no column `{h}`",
                     path.display()
-                )
-            })
+                )),
+            }
         })
-        .collect::<Result<Vec<usize>>>()?;
+        .collect::<Result<Vec<Option<usize>>>>()?;
     lines
         .map(|l| {
             let v: Vec<f64> = l
@@ -263,7 +301,9 @@ pub fn parse_metrics(path: &Path) -> Result<Vec<EvalRow>> {
                 bail!("row `{l}` of `{}` has {} fields", path.display(), v.len());
             }
             Ok(EvalRow::from_values(
-                &idx.iter().map(|&i| v[i]).collect::<Vec<_>>(),
+                &idx.iter()
+                    .map(|i| i.map_or(f64::NAN, |i| v[i]))
+                    .collect::<Vec<_>>(),
             ))
         })
         .collect()
@@ -364,6 +404,10 @@ impl TaskRuns {
                     "max_gen": mean(rs.iter().map(|r| r.rows.iter().map(|e| e.gen_acc).fold(f64::NAN, f64::max))),
                     "grokked_fraction": self.grok_fraction(d),
                     "final_grokked_fraction": self.final_grok_fraction(d),
+                    "final_tscore": fin(|e| e.tscore),
+                    "final_tscore_random_tree": fin(|e| e.tscore_random_tree),
+                    "final_tparseval": fin(|e| e.tparseval),
+                    "final_in_domain_transform": fin(|e| e.in_domain_transform_acc),
                 })
             })
             .collect();
@@ -385,6 +429,9 @@ impl TaskRuns {
                     "gen_at_saturation": onset.as_ref().map(|o| o.gen_at_saturation),
                     "grokked_at": onset.as_ref().and_then(|o| o.grokked_at),
                     "structural_grokking": onset.as_ref().is_some_and(GrokOnset::is_structural),
+                    "final_tscore": r.rows.last().map(|e| e.tscore),
+                    "final_tparseval": r.rows.last().map(|e| e.tparseval),
+                    "paper_tscore_recorded": r.rows.iter().any(|e| e.tscore.is_finite()),
                 })
             })
             .collect();
@@ -413,12 +460,33 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 /// `<runs>/grokking/` (in parallel when rayon has more than one thread), and reads their curves.
 /// Ctrl-C saves every run in flight and returns [`Interrupted`].
 pub fn ensure_runs(config: &Path, preset: Preset, runs: &Path, quiet: bool) -> Result<TaskRuns> {
+    ensure_runs_committed(config, preset, runs, None, quiet)
+}
+
+/// [`ensure_runs`] with a folder of committed results, `<committed>/<task>/<preset>/depth<L>_seed<S>/`
+/// holding each run's `metrics.csv` and `summary.json`: a run complete there
+/// ([`run_is_complete`]) is read from there and not trained; a run trained now has both files
+/// copied there, so that a later call only redraws and a later session can add seeds.
+pub fn ensure_runs_committed(
+    config: &Path,
+    preset: Preset,
+    runs: &Path,
+    committed: Option<&Path>,
+    quiet: bool,
+) -> Result<TaskRuns> {
     let exp = GrokkingExperiment::load(config)?;
     let settings = exp
         .preset(preset)
         .with_context(|| format!("in `{}`", config.display()))?
         .clone();
-    ensure_runs_with(exp, settings, preset, &runs.join("grokking"), quiet)
+    ensure_runs_in(
+        exp,
+        settings,
+        preset,
+        &runs.join("grokking"),
+        committed,
+        quiet,
+    )
 }
 
 /// [`ensure_runs`] for settings already loaded (e.g. a preset with `--set` overrides), with the
@@ -430,29 +498,66 @@ pub fn ensure_runs_with(
     root: &Path,
     quiet: bool,
 ) -> Result<TaskRuns> {
+    ensure_runs_in(exp, settings, preset, root, None, quiet)
+}
+
+fn ensure_runs_in(
+    exp: GrokkingExperiment,
+    settings: Settings,
+    preset: Preset,
+    root: &Path,
+    committed: Option<&Path>,
+    quiet: bool,
+) -> Result<TaskRuns> {
     let root = root.to_path_buf();
     let task = exp.task;
-    let all: Vec<(usize, u64, PathBuf)> = settings
+    let steps = settings.train.steps;
+    // (depth, seed, where it trains, where its finished files are read from)
+    let all: Vec<(usize, u64, PathBuf, PathBuf)> = settings
         .depths
         .iter()
         .flat_map(|&d| (0..settings.seeds as u64).map(move |s| (d, s)))
-        .map(|(d, s)| (d, s, run_dir(&root, task, preset, d, s)))
+        .map(|(d, s)| {
+            let dir = run_dir(&root, task, preset, d, s);
+            let read = committed
+                .map(|c| run_dir(c, task, preset, d, s))
+                .filter(|c| run_is_complete(c, d, s, steps))
+                .unwrap_or_else(|| dir.clone());
+            (d, s, dir, read)
+        })
         .collect();
-    let steps = settings.train.steps;
-    let pending: Vec<&(usize, u64, PathBuf)> = all
+    let pending: Vec<(usize, u64, PathBuf)> = all
         .iter()
-        .filter(|(d, s, dir)| !run_is_complete(dir, *d, *s, steps))
+        .filter(|(d, s, _, read)| !run_is_complete(read, *d, *s, steps))
+        .map(|(d, s, dir, _)| (*d, *s, dir.clone()))
         .collect();
     if !pending.is_empty() {
-        train_pending(task, preset, &settings, &pending, &root, quiet)?;
+        let refs: Vec<&(usize, u64, PathBuf)> = pending.iter().collect();
+        train_pending(task, preset, &settings, &refs, &root, quiet)?;
+        if let Some(c) = committed {
+            for (d, s, dir) in &pending {
+                let to = run_dir(c, task, preset, *d, *s);
+                std::fs::create_dir_all(&to)
+                    .with_context(|| format!("creating `{}`", to.display()))?;
+                for f in ["metrics.csv", "summary.json"] {
+                    std::fs::copy(dir.join(f), to.join(f)).with_context(|| {
+                        format!(
+                            "copying `{}` into `{}`",
+                            dir.join(f).display(),
+                            to.display()
+                        )
+                    })?;
+                }
+            }
+        }
     }
     let runs = all
         .iter()
-        .map(|(d, s, dir)| {
+        .map(|(d, s, _, read)| {
             Ok(RunCurve {
                 depth: *d,
                 seed: *s,
-                rows: parse_metrics(&dir.join("metrics.csv"))?,
+                rows: parse_metrics(&read.join("metrics.csv"))?,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -3,11 +3,12 @@
 //!
 //! - `<task>_accuracy`: in-domain and generalisation accuracy over steps (log x), mean and
 //!   min..max band over seeds, one panel per depth, with each seed's early-stopping point;
-//! - `<task>_grok_fraction`: fraction of seeds that grok (generalisation accuracy reaches
-//!   `eval.grok_threshold` at some evaluation) vs depth, and generalisation at the early stop,
-//!   at its best and at the end;
-//! - `<task>_internals`: weight norm, attention sparsity and tscore over steps for the
-//!   shallowest, the best and the deepest depth;
+//! - `<task>_grok_fraction`: fraction of seeds that grok by both criteria (generalisation
+//!   accuracy reaches `eval.grok_threshold` at some evaluation; final generalisation reaches it,
+//!   the paper's) vs depth, and generalisation at the early stop, at its best and at the end;
+//! - `<task>_internals`: weight norm, attention sparsity and the paper's tscore over steps for
+//!   the shallowest, the best and the deepest depth (runs committed before the tscore was
+//!   recorded plot no tscore);
 //! - `<task>_tparseval`: tparseval over steps with the right-branching baseline (QF / TI).
 //!
 //! Every figure of a task reads the same runs: `compute` first has
@@ -17,6 +18,7 @@
 
 use super::config::{GrokkingExperiment, Task};
 use super::experiments::{EvalRow, RunCurve, TaskRuns};
+use crate::config::Preset;
 use crate::plot::figure::{Figure, FigureContext, FigureOutput};
 use crate::plot::{Chart, Corner, Mark, Series, COLORS};
 use anyhow::{bail, Result};
@@ -60,14 +62,14 @@ pub fn registered() -> Vec<Figure> {
         });
         v.push(Figure {
             name: frac,
-            what: "fraction of seeds that grok (generalisation reaches the threshold at some evaluation) vs depth, and generalisation at the early stop vs at the end.",
+            what: "fraction of seeds that grok vs depth (generalisation reaches the threshold at some evaluation; final generalisation reaches it, the paper's criterion), and generalisation at the early stop vs at the end.",
             compute: grok_fraction_figure,
             config: Some(config),
             check,
         });
         v.push(Figure {
             name: int,
-            what: "weight norm, attention sparsity and tscore vs step for the shallowest, best and deepest depth.",
+            what: "weight norm, attention sparsity and the paper's tscore (best minus mean split per node of the projected tree, 1,000 sentences) vs step for the shallowest, best and deepest depth.",
             compute: internals_figure,
             config: Some(config),
             check,
@@ -176,11 +178,21 @@ pub fn grok_fraction_charts(runs: &TaskRuns) -> Vec<Chart> {
     let x: Vec<f64> = depths.iter().map(|&d| d as f64).collect();
     let thr = runs.settings.eval.grok_threshold;
     let frac = Series::new(
-        format!("fraction of seeds whose generalisation reaches {thr}"),
+        format!("generalisation reaches {thr} at some evaluation"),
         Mark::LinePoints,
         COLORS[0],
         x.clone(),
         depths.iter().map(|&d| runs.grok_fraction(d)).collect(),
+    );
+    let final_frac = Series::new(
+        format!("final generalisation >= {thr} (the paper's criterion)"),
+        Mark::LinePoints,
+        COLORS[1],
+        x.clone(),
+        depths
+            .iter()
+            .map(|&d| runs.final_grok_fraction(d))
+            .collect(),
     );
     // Seeds as the columns of `over_runs`: runs[seed][depth index].
     let per_seed = |f: &dyn Fn(&RunCurve) -> f64| -> Vec<Vec<f64>> {
@@ -211,6 +223,7 @@ pub fn grok_fraction_charts(runs: &TaskRuns) -> Vec<Chart> {
             // The all-seeds line keeps the axis at 0..1 when no seed groks.
             series: vec![
                 frac,
+                final_frac,
                 Series::hline("all seeds", COLORS[6], 1.0, x[0], x[x.len() - 1]),
             ],
             legend: Corner::LowerRight,
@@ -276,16 +289,36 @@ fn depth_label(runs: &TaskRuns, d: usize) -> String {
 /// One number of an evaluation row.
 type Metric = fn(&EvalRow) -> f64;
 
-/// Weight norm, attention sparsity and tscore over steps: three panels.
+/// Weight norm, attention sparsity and tscore over steps: three panels. The tscore panel plots
+/// the paper's tscore; when none of the plotted runs recorded it (runs committed before it was),
+/// it plots the random-tree difference they did record, and says so in its title.
 pub fn internals_charts(runs: &TaskRuns) -> Result<Vec<Chart>> {
     let depths = featured_depths(runs);
     let t = runs.exp.task;
+    let has_paper_tscore = depths.iter().any(|&d| {
+        runs.at_depth(d)
+            .iter()
+            .any(|r| r.rows.iter().any(|e| e.tscore.is_finite()))
+    });
+    let tscore_panel: (&str, &str, Metric) = if has_paper_tscore {
+        (
+            "tscore",
+            "tscore (sum over nodes: best - mean split)",
+            |e| e.tscore,
+        )
+    } else {
+        (
+            "tscore vs random tree (runs predate the paper's tscore)",
+            "S(projected tree) - E S(random tree)",
+            |e| e.tscore_random_tree,
+        )
+    };
     let panels: [(&str, &str, Metric); 3] = [
         ("weight norm", "||theta|| / layers", |e| e.weight_norm),
         ("attention sparsity", "minus mean attention entropy", |e| {
             e.sparsity
         }),
-        ("tscore", "tscore (projected tree vs random)", |e| e.tscore),
+        tscore_panel,
     ];
     panels
         .into_iter()
@@ -380,7 +413,30 @@ fn tparseval_figure(ctx: &FigureContext) -> Result<FigureOutput> {
     })
 }
 
-/// The runs of the figure's config and preset, trained where missing.
+/// The runs of the figure's config and preset, trained where missing. For the CPU preset the
+/// committed per-run results under `figures/grokking/runs/` (beside `experiments/`) are read
+/// first and every run trained now is copied there, so a second call only redraws.
 fn ensure_runs(ctx: &FigureContext) -> Result<TaskRuns> {
-    super::experiments::ensure_runs(ctx.config, ctx.preset, ctx.runs, ctx.quiet)
+    let committed = (ctx.preset == Preset::Cpu)
+        .then(|| committed_runs(ctx.config))
+        .flatten();
+    super::experiments::ensure_runs_committed(
+        ctx.config,
+        ctx.preset,
+        ctx.runs,
+        committed.as_deref(),
+        ctx.quiet,
+    )
+}
+
+/// `<repository>/figures/grokking/runs` for a config `<repository>/experiments/grokking/<file>`.
+pub fn committed_runs(config: &Path) -> Option<std::path::PathBuf> {
+    let experiments = config.parent()?.parent()?;
+    Some(
+        experiments
+            .parent()?
+            .join("figures")
+            .join("grokking")
+            .join("runs"),
+    )
 }

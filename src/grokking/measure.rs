@@ -1,13 +1,16 @@
 //! The paper's measures of a trained decoder, taken at every evaluation:
 //!
 //! - in-domain and generalisation accuracy (Dyck closing-bracket accuracy, QF first-word
-//!   accuracy on `quest` lines, TI main-verb accuracy of the greedy decode on `PRESENT` lines);
+//!   accuracy on `quest` lines, TI main-verb accuracy of the greedy decode on every validation
+//!   line as the official code, and on the `PRESENT` lines alone as `in_domain_transform_acc`);
 //! - weight norm `||theta|| / L` and attention sparsity (minus the mean entropy over every layer,
 //!   head and causal row of the captured attention, on `eval.train_examples` training lines);
-//! - tree projections on at most [`TREE_SENTENCES`] training sentences of at most
-//!   [`TREE_MAX_WORDS`] words (kept cheap for the CPU): the SCI chart of every span (cosine between
-//!   the in-context and the context-free sum of the span's last-layer states, the latter under
-//!   [`context_free_mask`] in every layer), the projected tree, the exact tscore, and for QF / TI
+//! - tree projections on the first `eval.tree_sentences` training sentences of two or more words
+//!   (every length): the SCI chart of every span (cosine between the in-context and the
+//!   context-free sum of the span's last-layer states, the latter under the context-free mask in
+//!   every layer, one forward pass per start word by [`context_free_start_mask`]), the greedy
+//!   projected tree, the paper's [`tscore`] (the official estimator computed exactly), the
+//!   random-tree difference [`tscore_exact`](super::tree_projection::tscore_exact), and for QF / TI
 //!   tparseval against the gold trees with the right-branching baseline.
 //!
 //! The pure parts (entropy, norms, charts, projections) live in [`super::internals`] and
@@ -21,8 +24,8 @@ use super::streams;
 use super::task::{dyck_line, with_bos, RunData};
 use super::tree::BinaryTree;
 use super::tree_projection::{
-    context_free_mask, cosine_similarity, expected_random_tree_score, project_tree,
-    project_tree_optimal, sci_chart, tparseval, tscore_one_split_estimate,
+    context_free_mask, context_free_start_mask, cosine_similarity, expected_random_tree_score,
+    project_tree, project_tree_optimal, sci_chart, tparseval, tscore, tscore_one_split_estimate,
 };
 use super::vocab::{qf_first_word_correct, ti_main_verb_correct};
 use crate::nn::{AttnMask, ForwardOpts, Transformer};
@@ -33,49 +36,66 @@ use candle_nn::VarMap;
 use ndarray::Array2;
 use serde::Serialize;
 
-/// Training sentences whose tree projections are computed at each evaluation.
-pub const TREE_SENTENCES: usize = 20;
-/// Longest sentence (words) used for tree projections.
-pub const TREE_MAX_WORDS: usize = 10;
-
 /// Names of the values [`evaluate`] returns, in order (the run's metrics columns after the
 /// engine's `step, wall_s, lr, train_loss`).
-pub const EVAL_COLUMNS: [&str; 7] = [
+pub const EVAL_COLUMNS: [&str; 9] = [
     "in_domain_acc",
+    "in_domain_transform_acc",
     "gen_acc",
     "weight_norm",
     "sparsity",
     "tscore",
+    "tscore_random_tree",
     "tparseval",
     "tparseval_right_branching",
 ];
 
-/// Every measure of [`EVAL_COLUMNS`] on `model` (`vm` its parameters); tparseval and its
-/// baseline are NaN for Dyck, which has no gold trees.
+/// Every measure of [`EVAL_COLUMNS`] on `model` (`vm` its parameters), tree projections on the
+/// first `tree_sentences` training sentences; `in_domain_transform_acc`, tparseval and its
+/// baseline are NaN for Dyck, which has no transformation lines and no gold trees.
 pub fn evaluate(
     model: &Transformer,
     vm: &VarMap,
     data: &RunData,
     train_examples: usize,
+    tree_sentences: usize,
     min_dist: usize,
     dev: &Device,
 ) -> Result<Vec<f64>> {
     let n = train_examples.min(data.train.len());
     let sparsity = attention_sparsity(model, &data.train[..n], data.pad, dev)?;
-    let c = projection_check(model, data, TREE_SENTENCES, dev)?;
+    let c = projection_check(model, data, tree_sentences, dev)?;
+    let transform = match data.task {
+        Task::Dyck => f64::NAN,
+        _ => accuracy_on(model, data, min_dist, Lines::InDomainTransform, dev)?,
+    };
     Ok(vec![
-        accuracy(model, data, min_dist, false, dev)?,
-        accuracy(model, data, min_dist, true, dev)?,
+        accuracy_on(model, data, min_dist, Lines::InDomain, dev)?,
+        transform,
+        accuracy_on(model, data, min_dist, Lines::Gen, dev)?,
         model_weight_norm(vm, model.cfg.n_layers)?,
         sparsity,
-        c.tscore_greedy,
+        c.tscore,
+        c.tscore_random_tree,
         c.tparseval_greedy,
         c.tparseval_right_branching,
     ])
 }
 
-/// In-domain (`gen = false`) or generalisation accuracy of `model` on one held-out set; NaN when
-/// a grammar set has no transformation line to score.
+/// Which held-out lines an accuracy is scored on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lines {
+    /// The in-domain validation set: Dyck every string, QF the `quest` lines (the first word of a
+    /// `decl` copy is the input's), TI every line (`PAST` copies and `PRESENT` re-inflections,
+    /// as the official code's `main_right_tense` over the whole validation file).
+    InDomain,
+    /// The in-domain validation lines that transform (`quest` / `PRESENT`).
+    InDomainTransform,
+    /// The generalisation set (every line transforms).
+    Gen,
+}
+
+/// In-domain (`gen = false`, [`Lines::InDomain`]) or generalisation accuracy of `model`.
 pub fn accuracy(
     model: &Transformer,
     data: &RunData,
@@ -83,6 +103,19 @@ pub fn accuracy(
     gen: bool,
     dev: &Device,
 ) -> Result<f64> {
+    let lines = if gen { Lines::Gen } else { Lines::InDomain };
+    accuracy_on(model, data, min_dist, lines, dev)
+}
+
+/// Accuracy of `model` on `lines`; NaN when a grammar set has no line to score.
+pub fn accuracy_on(
+    model: &Transformer,
+    data: &RunData,
+    min_dist: usize,
+    lines: Lines,
+    dev: &Device,
+) -> Result<f64> {
+    let gen = lines == Lines::Gen;
     match data.task {
         Task::Dyck => {
             let split = data.dyck.as_ref().context("Dyck run without Dyck data")?;
@@ -109,7 +142,11 @@ pub fn accuracy(
                 .as_ref()
                 .context("grammar run without grammar data")?;
             let set = if gen { &split.gen } else { &split.val };
-            let exs: Vec<_> = set.iter().filter(|e| e.is_transform()).collect();
+            let all_lines = data.task == Task::Ti && lines == Lines::InDomain;
+            let exs: Vec<_> = set
+                .iter()
+                .filter(|e| all_lines || e.is_transform())
+                .collect();
             if exs.is_empty() {
                 return Ok(f64::NAN);
             }
@@ -256,7 +293,8 @@ pub fn context_free_states(
 }
 
 /// The SCI chart of a sentence `words` (ids without BOS): `chart[i][j]` = cosine between the
-/// in-context and context-free sums of the last-layer states of words `i..=j`.
+/// in-context and context-free sums of the last-layer states of words `i..=j`, one forward pass
+/// per span (the reference for [`sentence_charts`]).
 pub fn sentence_chart(
     model: &Transformer,
     words: &[u32],
@@ -280,21 +318,104 @@ pub fn sentence_chart(
     Ok(sci_chart(n, |i, j| sci[&(i, j)]))
 }
 
-/// Tree-projection sentences: the first `count` training sentences of 2 to [`TREE_MAX_WORDS`]
-/// words, with gold trees for QF / TI.
+/// The SCI charts of many sentences (`sentences[s]`: word ids without BOS, at least one word),
+/// batched: for each sentence one forward pass per start word `i` under
+/// [`context_free_start_mask`] gives the context-free states of every span `(i, j)`; the pass
+/// for `i = 0` is the plain causal one, i.e. the in-context states. Equal to
+/// [`sentence_chart`] sentence by sentence (test `batched_charts_equal_per_span_charts`).
+pub fn sentence_charts(
+    model: &Transformer,
+    sentences: &[Vec<u32>],
+    bos: u32,
+    pad: u32,
+    dev: &Device,
+) -> Result<Vec<Array2<f64>>> {
+    let d = model.cfg.d_model;
+    let mut charts = Vec::with_capacity(sentences.len());
+    // Sentence groups bound the states held at once (Dyck: up to 64 starts of 65 tokens each).
+    for group in sentences.chunks(32) {
+        // (sentence in group, start word), longest first so that batches pad little.
+        let mut jobs: Vec<(usize, usize)> = group
+            .iter()
+            .enumerate()
+            .flat_map(|(g, w)| (0..w.len()).map(move |i| (g, i)))
+            .collect();
+        jobs.sort_by_key(|&(g, i)| (std::cmp::Reverse(group[g].len()), g, i));
+        let mut states: Vec<Vec<Vec<f32>>> = group.iter().map(|w| vec![vec![]; w.len()]).collect();
+        for chunk in jobs.chunks(EVAL_BATCH) {
+            let t = chunk
+                .iter()
+                .map(|&(g, _)| group[g].len() + 1)
+                .max()
+                .unwrap_or(1);
+            let b = chunk.len();
+            let mut toks = Vec::with_capacity(b * t);
+            let mut mask = Vec::with_capacity(b * t * t);
+            for &(g, i) in chunk {
+                let w = &group[g];
+                toks.push(bos);
+                toks.extend_from_slice(w);
+                toks.extend(std::iter::repeat_n(pad, t - 1 - w.len()));
+                mask.extend(context_free_start_mask(t, i + 1).iter().map(|&ok| ok as u8));
+            }
+            let x = Tensor::from_vec(toks, (b, t), dev)?;
+            let m = AttnMask::Allowed(Tensor::from_vec(mask, (b, t, t), dev)?);
+            let h = model
+                .forward_with(
+                    &x,
+                    ForwardOpts {
+                        mask: Some(&m),
+                        ..Default::default()
+                    },
+                )?
+                .hidden
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for (bi, &(g, i)) in chunk.iter().enumerate() {
+                let n = group[g].len();
+                states[g][i] = h[bi * t * d..(bi * t + n + 1) * d].to_vec();
+            }
+        }
+        for (w, st) in group.iter().zip(&states) {
+            let n = w.len();
+            let ic = &st[0];
+            let mut chart = Array2::zeros((n, n));
+            for (i, cf) in st.iter().enumerate() {
+                // Running sums over token positions i+1..=j+1 (word j is token j + 1).
+                let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
+                for j in i..n {
+                    let p = j + 1;
+                    for (acc, x) in a.iter_mut().zip(&ic[p * d..(p + 1) * d]) {
+                        *acc += x;
+                    }
+                    for (acc, x) in b.iter_mut().zip(&cf[p * d..(p + 1) * d]) {
+                        *acc += x;
+                    }
+                    chart[[i, j]] = cosine_similarity(&a, &b);
+                }
+            }
+            charts.push(chart);
+        }
+    }
+    Ok(charts)
+}
+
+/// Tree-projection sentences: the first `count` training sentences of two or more words (every
+/// length; QF / TI: the input before `.` and the marker, as the official code), with gold trees
+/// for QF / TI.
 fn tree_sentences(data: &RunData, count: usize) -> Result<Vec<(Vec<u32>, Option<BinaryTree>)>> {
-    let ok = |n: usize| (2..=TREE_MAX_WORDS).contains(&n);
     Ok(match (&data.dyck, &data.grammar) {
         (Some(s), _) => s
             .train
             .iter()
-            .filter(|s| ok(s.len()))
+            .filter(|s| s.len() >= 2)
             .take(count)
             .map(|s| (s.iter().map(|&t| t as u32).collect(), None))
             .collect(),
         (_, Some((s, v))) => {
             let mut out = Vec::new();
-            for e in s.train.iter().filter(|e| ok(e.input.len())).take(count) {
+            for e in s.train.iter().filter(|e| e.input.len() >= 2).take(count) {
                 let ids = v.encode(&e.input)?.into_iter().map(|i| i as u32).collect();
                 out.push((ids, Some(e.tree.clone())));
             }
@@ -304,18 +425,23 @@ fn tree_sentences(data: &RunData, count: usize) -> Result<Vec<(Vec<u32>, Option<
     })
 }
 
-/// The greedy tree projection (the paper's, used in the curves) against the tree that maximises
-/// the whole-tree SCI score, on one trained model.
+/// Tree projections of one model on a set of sentences: the paper's tscore and tparseval of the
+/// greedy projection, and the checks beside them (the random-tree difference, the optimal tree,
+/// the one-split sample the official code draws).
 #[derive(Clone, Debug, Serialize)]
 pub struct ProjectionCheck {
     pub sentences: usize,
-    pub tscore_greedy: f64,
+    /// The paper's tscore: mean over sentences of [`tscore`] (the official estimator, exactly).
+    pub tscore: f64,
+    /// Mean of `S(T_greedy) - E[S(T_random)]` (`tscore_exact`; negative in a causal LM).
+    pub tscore_random_tree: f64,
+    /// Mean of `S(T_optimal) - E[S(T_random)]` (never negative).
     pub tscore_optimal: f64,
     /// Fraction of sentences whose greedy tree scores below a random tree's expectation.
     pub greedy_below_random: f64,
     /// Fraction of sentences whose greedy tree is the optimal one.
     pub greedy_is_optimal: f64,
-    /// The official code's per-node estimate (`tree_projection(..., normalize=True)`).
+    /// The official code's one-split sample of [`tscore`] (`tree_projection(..., normalize=True)`).
     pub tscore_code_estimate: f64,
     /// Mean SCI of the spans that start at the first word: 1 in a causal LM, whose prefix spans
     /// see no more context in the sentence than under the context-free mask.
@@ -334,20 +460,22 @@ pub fn projection_check(
     dev: &Device,
 ) -> Result<ProjectionCheck> {
     let sents = tree_sentences(data, count)?;
+    let words: Vec<Vec<u32>> = sents.iter().map(|(w, _)| w.clone()).collect();
+    let charts = sentence_charts(model, &words, data.bos, data.pad, dev)?;
     let n = sents.len().max(1) as f64;
-    let (mut tg, mut to, mut below, mut same) = (0.0, 0.0, 0usize, 0usize);
+    let (mut tp, mut tg, mut to, mut below, mut same) = (0.0, 0.0, 0.0, 0usize, 0usize);
     let (mut code, mut left, mut left_n) = (0.0, 0.0, 0usize);
     let mut rng = stream(streams::TSCORE_ESTIMATE_SEED, streams::TSCORE_ESTIMATE);
     let (mut greedy, mut optimal, mut gold, mut rb) = (vec![], vec![], vec![], vec![]);
-    for (w, g) in &sents {
-        let chart = sentence_chart(model, w, data.bos, dev)?;
-        let (pg, po) = (project_tree(&chart), project_tree_optimal(&chart));
+    for ((w, g), chart) in sents.iter().zip(&charts) {
+        let (pg, po) = (project_tree(chart), project_tree_optimal(chart));
         // tscore_exact and tscore_optimal_tree, sharing the projections and the expectation.
-        let e = expected_random_tree_score(&chart);
+        let e = expected_random_tree_score(chart);
         let t = pg.score - e;
+        tp += tscore(chart);
         tg += t;
         to += po.score - e;
-        code += tscore_one_split_estimate(&chart, &mut rng);
+        code += tscore_one_split_estimate(chart, &mut rng);
         for j in 1..w.len() {
             left += chart[[0, j]];
             left_n += 1;
@@ -370,7 +498,8 @@ pub fn projection_check(
     };
     Ok(ProjectionCheck {
         sentences: sents.len(),
-        tscore_greedy: tg / n,
+        tscore: tp / n,
+        tscore_random_tree: tg / n,
         tscore_optimal: to / n,
         greedy_below_random: below as f64 / n,
         greedy_is_optimal: same as f64 / n,

@@ -145,6 +145,7 @@ impl Trainer for GrokTrainer<'_> {
             &self.vm,
             self.data,
             self.settings.eval.train_examples,
+            self.settings.eval.tree_sentences,
             self.settings.eval.min_dist.unwrap_or(0),
             &self.device,
         )

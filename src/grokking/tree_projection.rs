@@ -17,17 +17,25 @@
 //! each half recursively. This greedy tree need not maximise `S(T)`; [`project_tree_optimal`]
 //! finds the tree that does, as a check.
 //!
-//! **tscore.** `S(T_proj) - E_T[S(T)]` for `T` drawn by uniformly random split points:
-//! [`expected_random_tree_score`] computes the expectation exactly by dynamic programming in
-//! `O(n^3)`; [`tscore_one_split_estimate`] is the official code's estimator (at each node of the
-//! projected tree, subtract the value of one uniformly random split of the same span), which has a
-//! different expectation in general but agrees on charts that ignore structure.
+//! **tscore (the paper's, [`tscore`]).** The official code's estimator (`tree_projection(...,
+//! normalize=True)`) computed exactly: at every internal node `(i, j)` of the greedy projected tree,
+//! the best split value minus the *mean* split value over `k` in `i..j`, summed over the nodes.
+//! Every term is `>= 0`, so the tscore is, and it is 0 exactly when every node's splits tie. The
+//! code draws one random split per node ([`tscore_one_split_estimate`]); [`tscore`] is that draw's
+//! expectation, so the curves carry no sampling noise.
+//!
+//! **tscore against a random tree ([`tscore_exact`]).** `S(T_proj) - E_T[S(T)]` for `T` drawn by
+//! uniformly random split points, the expectation computed exactly by dynamic programming in
+//! `O(n^3)` ([`expected_random_tree_score`]). Kept as a check, not the paper's quantity: in a
+//! causal LM every span that starts at the first word has SCI 1, so the random tree collects free
+//! 1s along its left spine and this difference is mostly negative.
 //!
 //! ```
-//! use attnlab::grokking::tree_projection::{project_tree, tscore_exact};
+//! use attnlab::grokking::tree_projection::{project_tree, tscore, tscore_exact};
 //! use ndarray::Array2;
 //! let chart = Array2::from_elem((5, 5), 0.7);
-//! assert!(tscore_exact(&chart).abs() < 1e-12); // a constant chart has no preferred structure
+//! assert!(tscore(&chart).abs() < 1e-12); // a constant chart has no preferred structure
+//! assert!(tscore_exact(&chart).abs() < 1e-12);
 //! assert_eq!(project_tree(&chart).tree.len(), 5);
 //! ```
 
@@ -175,12 +183,32 @@ pub fn tscore_one_split_estimate<R: Rng>(chart: &Array2<f64>, rng: &mut R) -> f6
     total
 }
 
-/// The corpus tscore: the mean of [`tscore_exact`] over sentences (0 for no sentences).
+/// Mean of `chart[[i, k]] + chart[[k + 1, j]]` over the split points `k` in `i..j` (`i < j`): the
+/// expected value of one uniformly random split of the span.
+pub fn mean_split_value(chart: &Array2<f64>, i: usize, j: usize) -> f64 {
+    assert!(i < j, "a span ({i}, {j}) of one word has no split");
+    (i..j).map(|k| split_value(chart, i, k, j)).sum::<f64>() / (j - i) as f64
+}
+
+/// The paper's tscore of one sentence: the official one-split estimator
+/// ([`tscore_one_split_estimate`]) in expectation, i.e. the sum over the internal nodes `(i, j)`
+/// of the greedy projected tree of `best split value - mean split value` ([`mean_split_value`]).
+/// Never negative; nodes of two words (one split) add 0.
+pub fn tscore(chart: &Array2<f64>) -> f64 {
+    let proj = project_tree(chart);
+    proj.tree
+        .brackets()
+        .into_iter()
+        .map(|(i, j)| best_split(chart, i, j).1 - mean_split_value(chart, i, j))
+        .sum()
+}
+
+/// The corpus tscore: the mean of [`tscore`] over sentences (0 for no sentences).
 pub fn mean_tscore(charts: &[Array2<f64>]) -> f64 {
     if charts.is_empty() {
         return 0.0;
     }
-    charts.iter().map(tscore_exact).sum::<f64>() / charts.len() as f64
+    charts.iter().map(tscore).sum::<f64>() / charts.len() as f64
 }
 
 /// Builds the `(n, n)` SCI chart by calling `sci(i, j)` for every span `i <= j`; entries below
@@ -277,6 +305,25 @@ pub fn context_free_mask(seq_len: usize, first: usize, last: usize) -> Array2<bo
     );
     Array2::from_shape_fn((seq_len, seq_len), |(q, k)| {
         k <= q && (!(first..=last).contains(&q) || k == 0 || (first..=last).contains(&k))
+    })
+}
+
+/// The masks of every span that starts at token `first`, in one forward pass: shape
+/// `(seq_len, seq_len)`, `true` = query row may attend to key column. Rows `q >= first` attend to
+/// the start token and to keys `first..=q`; rows before `first` are plain causal.
+///
+/// In a causal model the states of tokens `first..=last` under this mask equal their states under
+/// [`context_free_mask`]`(seq_len, first, last)` for every `last`: a span row only ever reads keys at
+/// or before itself, and those are the start token and span tokens under both masks. So one pass
+/// per start word gives the context-free representation of all `n - i` spans `(i, j)`, instead of
+/// one pass per span. Panics unless `1 <= first < seq_len`.
+pub fn context_free_start_mask(seq_len: usize, first: usize) -> Array2<bool> {
+    assert!(
+        1 <= first && first < seq_len,
+        "start {first} must lie inside 1..{seq_len} (position 0 is the start token)"
+    );
+    Array2::from_shape_fn((seq_len, seq_len), |(q, k)| {
+        k <= q && (q < first || k == 0 || k >= first)
     })
 }
 
