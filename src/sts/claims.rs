@@ -148,7 +148,7 @@ impl Plan {
                 let base = super::config::RunFile::load_preset(&path, Preset::Paper, &[])
                     .with_context(|| format!("the paper preset of `{}`", path.display()))?;
                 Ok(Self {
-                    seeds: vec![base.seed, base.seed + 1],
+                    seeds: vec![base.seed],
                     des: vec![],
                     fcn: None,
                     fixed_lr: 1.0,
