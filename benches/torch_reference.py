@@ -1,12 +1,23 @@
 #!/usr/bin/env python3
-"""PyTorch reference for `attnlab bench`: the same transformer, data shapes and optimiser on the CPU.
+"""PyTorch references for `attnlab bench`: the same transformer, data shapes and optimiser on the CPU.
 
-Usage: torch_reference.py --config '<json>' --seconds S --threads N
-Prints one JSON line {"steps_per_sec": ..., "steps": ..., "loss": ...}. Exits 3 with a message on
-stderr when torch is not installed. The model mirrors attnlab::nn::Transformer: token + learned
-position embedding, pre-LN blocks with one fused q/k/v projection, explicit softmax attention
-(probabilities materialised, as attnlab does to capture them), exact GELU FFN, final LayerNorm,
-untied output projection; AdamW with weight decay on matrices and embeddings only.
+Usage: torch_reference.py --config '<json>' --seconds S --threads N [--model mirror|idiomatic|both]
+Prints one JSON line {"mirror": {"steps_per_sec": ..., "steps": ..., "loss": ...},
+"idiomatic": {...}, "torch": version, "threads": n}. Exits 3 with a message on stderr when torch
+is not installed (`scripts/install-bench-peer` installs it into a venv outside the repository).
+
+Two models, timed one after the other in the same process:
+
+- mirror: attnlab::nn::Transformer written out by hand: token + learned position embedding,
+  pre-LN blocks with one fused q/k/v projection, explicit softmax attention (probabilities
+  materialised, as attnlab does to capture them), exact GELU FFN, final LayerNorm, untied output
+  projection.
+- idiomatic: what a PyTorch user writes for the same shapes: the same embeddings, head and final
+  LayerNorm around an `nn.TransformerEncoder` stack of `nn.TransformerEncoderLayer(batch_first=True,
+  norm_first=True, activation="gelu", dropout=0)`, whose attention goes through
+  `F.scaled_dot_product_attention`; the decoder config passes a causal mask with `is_causal=True`.
+
+Both train with AdamW, weight decay on matrices and embeddings only, on one fixed random batch.
 """
 import argparse
 import json
@@ -19,8 +30,8 @@ try:
     import torch.nn as nn
     import torch.nn.functional as F
 except ImportError:
-    print("torch is not installed: pip install torch --index-url https://download.pytorch.org/whl/cpu",
-          file=sys.stderr)
+    print("torch is not installed for this python: run scripts/install-bench-peer and pass "
+          "--python \"$(scripts/install-bench-peer --print-python)\"", file=sys.stderr)
     sys.exit(3)
 
 
@@ -46,7 +57,15 @@ class Block(nn.Module):
         return x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
 
 
-class Model(nn.Module):
+def init_like_attnlab(model):
+    for n, p in model.named_parameters():
+        if p.dim() >= 2:
+            nn.init.normal_(p, std=0.02)
+        elif n.endswith("bias"):
+            nn.init.zeros_(p)
+
+
+class Mirror(nn.Module):
     def __init__(self, c):
         super().__init__()
         d = c["d_model"]
@@ -57,11 +76,7 @@ class Model(nn.Module):
         self.blocks = nn.ModuleList(Block(d, c["n_heads"], ff, c["causal"]) for _ in range(c["n_layers"]))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, c["n_out"] or c["vocab_size"], bias=False)
-        for n, p in self.named_parameters():
-            if p.dim() >= 2:
-                nn.init.normal_(p, std=0.02)
-            elif n.endswith("bias"):
-                nn.init.zeros_(p)
+        init_like_attnlab(self)
 
     def forward(self, tokens):
         t = tokens.shape[1]
@@ -74,17 +89,34 @@ class Model(nn.Module):
         return self.head(self.ln_f(x))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=3)
-    a = ap.parse_args()
-    c = json.loads(a.config)
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    model = Model(c["model"])
+class Idiomatic(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d = c["d_model"]
+        ff = c["d_ff"] or 4 * d
+        self.causal = c["causal"]
+        self.tok = nn.Embedding(c["vocab_size"], d)
+        self.pos = nn.Parameter(torch.zeros(c["max_len"], d))
+        layer = nn.TransformerEncoderLayer(d, c["n_heads"], dim_feedforward=ff, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        # enable_nested_tensor only matters for padding masks; off to silence its warning.
+        self.encoder = nn.TransformerEncoder(layer, c["n_layers"], enable_nested_tensor=False)
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, c["n_out"] or c["vocab_size"], bias=False)
+        init_like_attnlab(self)
+
+    def forward(self, tokens):
+        t = tokens.shape[1]
+        x = self.tok(tokens) + self.pos[:t]
+        if self.causal:
+            mask = nn.Transformer.generate_square_subsequent_mask(t)
+            x = self.encoder(x, mask=mask, is_causal=True)
+        else:
+            x = self.encoder(x)
+        return self.head(self.ln_f(x))
+
+
+def time_model(model, c, seconds, warmup):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]},
@@ -102,17 +134,36 @@ def main():
         opt.step()
         return loss.item()
 
-    for _ in range(a.warmup):
+    for _ in range(warmup):
         step()
     n, t0 = 0, time.perf_counter()
     while True:
         loss = step()
         n += 1
         el = time.perf_counter() - t0
-        if el >= a.seconds and n >= 3:
+        if el >= seconds and n >= 3:
             break
-    print(json.dumps({"steps_per_sec": n / el, "steps": n, "loss": loss,
-                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+    return {"steps_per_sec": n / el, "steps": n, "loss": loss}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--model", choices=["mirror", "idiomatic", "both"], default="both")
+    a = ap.parse_args()
+    c = json.loads(a.config)
+    torch.set_num_threads(a.threads)
+    out = {}
+    for name, cls in [("mirror", Mirror), ("idiomatic", Idiomatic)]:
+        if a.model in (name, "both"):
+            torch.manual_seed(0)
+            out[name] = time_model(cls(c["model"]), c, a.seconds, a.warmup)
+    out["torch"] = torch.__version__
+    out["threads"] = torch.get_num_threads()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

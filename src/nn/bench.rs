@@ -1,7 +1,10 @@
-//! `attnlab bench`: trains the same configurations in attnlab and in the PyTorch reference
-//! (`benches/torch_reference.py`, CPU, same shapes and optimiser, same thread count) and reports
-//! steps per second, their ratio, achieved GFLOP/s from the FLOP counter, and the fraction of
-//! this machine's fp32 GEMM peak (timed on a large candle matmul in the same run).
+//! `attnlab bench`: trains the same configurations in attnlab and in two PyTorch references
+//! (`benches/torch_reference.py`, CPU, same shapes and optimiser, same thread count): the mirror
+//! of attnlab's model written out by hand and the idiomatic `nn.TransformerEncoderLayer` stack.
+//! Reports steps per second, the ratio against the faster reference, achieved GFLOP/s from the
+//! FLOP counter, the GEMM the fused kernels use, and the fraction of this machine's best fp32
+//! GEMM peak: a 1024^3 product timed in the same run with both the `gemm` crate (candle's matmul)
+//! and OpenBLAS (through [`crate::nn::blas`]), the larger taken as the machine's peak.
 
 use crate::nn::{cross_entropy, FlopCount, Transformer, TransformerConfig};
 use crate::train::{backward_step, OptimConfig, Optimizer};
@@ -31,7 +34,7 @@ pub struct BenchArgs {
     /// Run only configurations whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
-    /// Python interpreter for the reference.
+    /// Python interpreter with torch for the references (`scripts/install-bench-peer --print-python`).
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// Skip the PyTorch side.
@@ -95,35 +98,90 @@ pub fn configs() -> Vec<BenchConfig> {
     ]
 }
 
+/// One line of `--json`: a configuration in attnlab and in both PyTorch references.
 #[derive(Serialize)]
 struct Row {
     name: String,
     attnlab_steps_per_sec: f64,
+    /// The hand-written mirror of attnlab's model.
+    pytorch_mirror_steps_per_sec: Option<f64>,
+    /// The `nn.TransformerEncoderLayer` stack.
+    pytorch_idiomatic_steps_per_sec: Option<f64>,
+    /// The faster of the two references, which the ratio is against.
     pytorch_steps_per_sec: Option<f64>,
+    pytorch_reference: Option<&'static str>,
     ratio: Option<f64>,
+    /// The GEMM of the fused kernels (`openblas` or `gemm`) and OpenBLAS's kernel family.
+    gemm: &'static str,
+    openblas_core: String,
     flops_per_step: u64,
     attnlab_gflops: f64,
     pytorch_gflops: Option<f64>,
+    peak_gemm_crate_gflops: f64,
+    peak_openblas_gflops: Option<f64>,
+    /// The machine's best measured fp32 GEMM peak: the larger of the two.
     peak_gflops: f64,
     attnlab_peak_fraction: f64,
     pytorch_peak_fraction: Option<f64>,
 }
 
-/// fp32 GEMM throughput of candle on this machine, GFLOP/s (1024^3 matmul, best of 5).
-pub fn gemm_peak_gflops() -> Result<f64> {
-    let n = 1024;
-    let dev = Device::Cpu;
-    let a = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
-    let _ = a.matmul(&b)?;
+/// Side of the square product the peaks are timed on.
+const PEAK_N: usize = 1024;
+
+fn best_gflops(mut product: impl FnMut() -> Result<()>) -> Result<f64> {
+    product()?;
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
-        let c = a.matmul(&b)?;
-        let _ = c.sum_all()?; // materialise
+        product()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+    Ok(2.0 * (PEAK_N as f64).powi(3) / best / 1e9)
+}
+
+/// fp32 GEMM throughput of the `gemm` crate (candle's matmul) on this machine, GFLOP/s
+/// (1024^3 product, best of 5).
+pub fn gemm_peak_gflops() -> Result<f64> {
+    let n = PEAK_N;
+    let dev = Device::Cpu;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
+    best_gflops(|| {
+        let c = a.matmul(&b)?;
+        let _ = c.sum_all()?; // materialise
+        Ok(())
+    })
+}
+
+/// fp32 GEMM throughput of OpenBLAS on this machine as the fused kernels call it (row blocks
+/// spread by rayon), GFLOP/s (1024^3 product, best of 5); `None` if it refuses the product.
+pub fn openblas_peak_gflops() -> Result<Option<f64>> {
+    let n = PEAK_N;
+    let a: Vec<f32> = (0..n * n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect();
+    let mut c = vec![0f32; n * n];
+    let row_major = (n as isize, 1);
+    let mut taken = true;
+    let g = best_gflops(|| {
+        // SAFETY: a, b and c are n x n row-major buffers that outlive the call.
+        taken &= unsafe {
+            super::blas::try_gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                row_major,
+                a.as_ptr(),
+                row_major,
+                b.as_ptr(),
+                row_major,
+                1.0f32,
+                false,
+            )
+        };
+        Ok(())
+    })?;
+    Ok(taken.then_some(g))
 }
 
 /// A model, optimiser and fixed batch ready to be timed.
@@ -262,21 +320,52 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_reference.py")
 }
 
-/// Steps per second of the PyTorch reference, or `Ok(None)` with a message when torch is missing.
-fn torch_steps_per_sec(a: &BenchArgs, c: &BenchConfig) -> Result<Option<f64>> {
-    let path = script();
+/// Steps per second of the two PyTorch references in one round.
+#[derive(Clone, Copy, Default, Debug)]
+struct TorchRates {
+    mirror: Option<f64>,
+    idiomatic: Option<f64>,
+}
+
+impl TorchRates {
+    /// Each reference's best of `self` and `other`.
+    fn best(self, other: TorchRates) -> TorchRates {
+        let max = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        TorchRates {
+            mirror: max(self.mirror, other.mirror),
+            idiomatic: max(self.idiomatic, other.idiomatic),
+        }
+    }
+
+    /// The faster reference and its name.
+    fn faster(self) -> Option<(f64, &'static str)> {
+        match (self.mirror, self.idiomatic) {
+            (Some(m), Some(i)) if i > m => Some((i, "idiomatic")),
+            (Some(m), _) => Some((m, "mirror")),
+            (None, Some(i)) => Some((i, "idiomatic")),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Runs a PyTorch reference script with `args`; `Ok(None)` with a message when the interpreter
+/// cannot be run or has no torch (the script exits 3), the parsed JSON line otherwise.
+pub(crate) fn run_torch_script(
+    python: &str,
+    threads: usize,
+    path: &std::path::Path,
+    args: &[String],
+) -> Result<Option<serde_json::Value>> {
     if !path.exists() {
         bail!("the PyTorch reference `{}` is missing", path.display());
     }
-    let out = std::process::Command::new(&a.python)
-        .arg(&path)
-        .arg("--config")
-        .arg(serde_json::to_string(c)?)
-        .arg("--seconds")
-        .arg(a.seconds.to_string())
-        .arg("--threads")
-        .arg(a.threads.to_string())
-        .env("OMP_NUM_THREADS", a.threads.to_string())
+    let out = std::process::Command::new(python)
+        .arg(path)
+        .args(args)
+        .env("OMP_NUM_THREADS", threads.to_string())
         // On a shared machine libgomp's spinning barriers collapse (10-20x slower steps when
         // another process holds a core); sleeping waits are PyTorch's best setting here.
         .env("OMP_WAIT_POLICY", "PASSIVE")
@@ -284,7 +373,7 @@ fn torch_steps_per_sec(a: &BenchArgs, c: &BenchConfig) -> Result<Option<f64>> {
     let out = match out {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("PyTorch side skipped: could not run `{}` ({e})", a.python);
+            eprintln!("PyTorch side skipped: could not run `{python}` ({e}); install torch with scripts/install-bench-peer and pass --python, or pass --no-torch");
             return Ok(None);
         }
     };
@@ -297,13 +386,33 @@ fn torch_steps_per_sec(a: &BenchArgs, c: &BenchConfig) -> Result<Option<f64>> {
     }
     if !out.status.success() {
         bail!(
-            "the PyTorch reference failed: {}",
+            "the PyTorch reference `{}` failed: {}",
+            path.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("parsing `{}`", String::from_utf8_lossy(&out.stdout)))?;
-    Ok(v["steps_per_sec"].as_f64())
+    Ok(Some(v))
+}
+
+/// Steps per second of both PyTorch references, or `Ok(None)` with a message when torch is missing.
+fn torch_steps_per_sec(a: &BenchArgs, c: &BenchConfig) -> Result<Option<TorchRates>> {
+    let args = [
+        "--config".to_string(),
+        serde_json::to_string(c)?,
+        "--seconds".into(),
+        a.seconds.to_string(),
+        "--threads".into(),
+        a.threads.to_string(),
+    ];
+    let Some(v) = run_torch_script(&a.python, a.threads, &script(), &args)? else {
+        return Ok(None);
+    };
+    Ok(Some(TorchRates {
+        mirror: v["mirror"]["steps_per_sec"].as_f64(),
+        idiomatic: v["idiomatic"]["steps_per_sec"].as_f64(),
+    }))
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -339,53 +448,78 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .build_global();
     crate::nn::fused::set_enabled(!a.unfused);
     crate::nn::tune_allocator();
-    let peak = gemm_peak_gflops()?;
+    let gemm = super::blas::chosen();
+    let core = super::blas::openblas_core();
+    let peak_crate = gemm_peak_gflops()?;
+    let peak_openblas = openblas_peak_gflops()?;
+    let peak = peak_openblas.map_or(peak_crate, |o| o.max(peak_crate));
     if !a.json {
         println!(
-            "threads {}, fp32 GEMM peak (candle 1024^3 matmul) {:.1} GFLOP/s",
-            a.threads, peak
+            "threads {}, fused GEMM {} (OpenBLAS core {core}); fp32 1024^3 GEMM peak: gemm crate {:.1}, OpenBLAS {} GFLOP/s",
+            a.threads,
+            gemm.name(),
+            peak_crate,
+            peak_openblas.map_or("n/a".into(), |g| format!("{g:.1}")),
         );
         println!(
-            "{:<26} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>7}",
-            "config", "attnlab/s", "torch/s", "ratio", "GF/s", "torchGF/s", "peak%", "torch%"
+            "{:<26} {:>10} {:>9} {:>9} {:>7} {:>8} {:>9} {:>7} {:>7}",
+            "config",
+            "attnlab/s",
+            "mirror/s",
+            "idiom/s",
+            "ratio",
+            "GF/s",
+            "torchGF/s",
+            "peak%",
+            "torch%"
         );
     }
     let mut torch_ok = !a.no_torch;
     for c in selected {
         let mut tr = attnlab_trainer(&c, a.profile)?;
-        let (mut ours, mut theirs) = (0.0f64, None::<f64>);
+        let (mut ours, mut theirs) = (0.0f64, None::<TorchRates>);
         for _ in 0..a.rounds {
             ours = ours.max(tr.steps_per_sec(a.seconds)?);
             if torch_ok {
                 match torch_steps_per_sec(&a, &c)? {
-                    Some(t) => theirs = Some(theirs.map_or(t, |b: f64| b.max(t))),
+                    Some(t) => theirs = Some(theirs.map_or(t, |b| b.best(t))),
                     None => torch_ok = false,
                 }
             }
         }
+        let faster = theirs.and_then(TorchRates::faster);
+        let best = faster.map(|f| f.0);
         let flops = FlopCount::new(&c.model, c.seq).train_step(c.batch, c.seq);
         let gf = |s: f64| s * flops as f64 / 1e9;
         let row = Row {
             name: c.name.clone(),
             attnlab_steps_per_sec: ours,
-            pytorch_steps_per_sec: theirs,
-            ratio: theirs.map(|t| ours / t),
+            pytorch_mirror_steps_per_sec: theirs.and_then(|t| t.mirror),
+            pytorch_idiomatic_steps_per_sec: theirs.and_then(|t| t.idiomatic),
+            pytorch_steps_per_sec: best,
+            pytorch_reference: faster.map(|f| f.1),
+            ratio: best.map(|t| ours / t),
+            gemm: gemm.name(),
+            openblas_core: core.clone(),
             flops_per_step: flops,
             attnlab_gflops: gf(ours),
-            pytorch_gflops: theirs.map(gf),
+            pytorch_gflops: best.map(gf),
+            peak_gemm_crate_gflops: peak_crate,
+            peak_openblas_gflops: peak_openblas,
             peak_gflops: peak,
             attnlab_peak_fraction: gf(ours) / peak,
-            pytorch_peak_fraction: theirs.map(|t| gf(t) / peak),
+            pytorch_peak_fraction: best.map(|t| gf(t) / peak),
         };
         if a.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
             let o = |v: Option<f64>, p: usize| v.map_or("n/a".to_string(), |v| format!("{v:.p$}"));
             println!(
-                "{:<26} {:>10.2} {:>10} {:>7} {:>9.1} {:>9} {:>6.1}% {:>7}",
+                "{:<26} {:>10.2} {:>9} {:>9} {:>7} {:>8.1} {:>9} {:>6.1}% {:>6}%",
                 row.name,
                 ours,
-                o(theirs, 2),
+                o(row.pytorch_mirror_steps_per_sec, 2),
+                o(row.pytorch_idiomatic_steps_per_sec, 2),
                 o(row.ratio, 2),
                 row.attnlab_gflops,
                 o(row.pytorch_gflops, 1),
