@@ -18,6 +18,7 @@
 use crate::config::{load_toml_with, Preset as PresetName};
 use crate::lego::program::ProgramSpec;
 use crate::lego::variants::Variant;
+use crate::nn::config::QkvConvMaps;
 use crate::train::{OptimConfig, Schedule};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -265,9 +266,9 @@ pub struct ConvolutionStudy {
 }
 
 /// One compared model: a depthwise 1-D convolution over positions of width `kernel_size` (odd,
-/// centred) after the query, key and value projections; `kernel_size = 1` with `maps = []` is
-/// the plain linear model. The toolkit convolves the fused `[q | k | v]` projection, so `maps`
-/// lists all three or none.
+/// centred) after the projections that `maps` lists (any non-empty subset of `"query"`, `"key"`,
+/// `"value"`; the toolkit's `qkv_conv_maps`); `kernel_size = 1` with `maps = []` is the plain
+/// linear model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConvolutionConfig {
@@ -283,6 +284,19 @@ impl ConvolutionConfig {
             0
         } else {
             self.kernel_size
+        }
+    }
+
+    /// The toolkit's `qkv_conv_maps`: which of q, k, v the convolution covers (all three when
+    /// `maps` is empty, where there is no convolution).
+    pub fn qkv_conv_maps(&self) -> QkvConvMaps {
+        if self.maps.is_empty() {
+            return QkvConvMaps::ALL;
+        }
+        QkvConvMaps {
+            query: self.maps.contains(&QkvMap::Query),
+            key: self.maps.contains(&QkvMap::Key),
+            value: self.maps.contains(&QkvMap::Value),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Heads `0..fixed` take a caller-supplied pattern `(batch, fixed, T, T)` as their attention
 //! probabilities (no query/key projection and no QK^T for them); the rest are learned,
 //! `softmax(q k^T / sqrt(d_head) + bias)`. One fused projection produces `[q | k | v]`
-//! (q and k for learned heads only), optionally followed by a depthwise convolution over time.
+//! (q and k for learned heads only), optionally followed by a depthwise convolution over time
+//! of q, k and v, or of the subset `qkv_conv_maps` names. The convolution acts on the projected
+//! tensor before the attention core, so the fused kernel and the composed ops see the same q/k/v.
 
 use crate::nn::config::TransformerConfig;
 use crate::nn::layers::{dropout, DepthwiseConv, Linear};
@@ -28,6 +30,9 @@ pub struct AttnContext<'a> {
 pub struct Attention {
     qkv: Linear,
     conv: Option<DepthwiseConv>,
+    /// `(offset, width, convolved)` runs of channels of `[q | k | v]`, in order; empty when the
+    /// convolution covers every channel (then it is applied to the whole tensor at once).
+    conv_runs: Vec<(usize, usize, bool)>,
     out: Linear,
     n_heads: usize,
     n_fixed: usize,
@@ -40,9 +45,16 @@ impl Attention {
         let (d, dh) = (cfg.d_model, cfg.d_head());
         let width = (2 * cfg.learned_heads() + cfg.n_heads) * dh;
         let qkv = Linear::new(d, width, true, vb.pp("qkv"))?;
+        let qk = cfg.learned_heads() * dh;
+        let m = cfg.qkv_conv_maps;
+        let conv_runs = if cfg.qkv_conv > 0 {
+            channel_runs(&[(qk, m.query), (qk, m.key), (cfg.n_heads * dh, m.value)])
+        } else {
+            Vec::new()
+        };
         let conv = if cfg.qkv_conv > 0 {
             Some(DepthwiseConv::new(
-                width,
+                cfg.qkv_conv_channels(),
                 cfg.qkv_conv,
                 cfg.causal,
                 vb.pp("conv"),
@@ -54,6 +66,7 @@ impl Attention {
         Ok(Self {
             qkv,
             conv,
+            conv_runs,
             out,
             n_heads: cfg.n_heads,
             n_fixed: cfg.fixed_heads,
@@ -62,15 +75,41 @@ impl Attention {
         })
     }
 
+    /// The q/k/v convolution of `qkv` `(batch, T, width)`: of every channel at once, or of the
+    /// chosen maps' channels (gathered, convolved, and put back in place).
+    fn convolve(&self, qkv: Tensor) -> Result<Tensor> {
+        let Some(c) = &self.conv else {
+            return Ok(qkv);
+        };
+        if self.conv_runs.is_empty() {
+            return c.forward(&qkv);
+        }
+        let chosen: Vec<Tensor> = self
+            .conv_runs
+            .iter()
+            .filter(|r| r.2)
+            .map(|&(off, n, _)| qkv.narrow(2, off, n))
+            .collect::<Result<_>>()?;
+        let conv = c.forward(&Tensor::cat(&chosen, 2)?)?;
+        let mut at = 0;
+        let mut parts = Vec::with_capacity(self.conv_runs.len());
+        for &(off, n, convolved) in &self.conv_runs {
+            if convolved {
+                parts.push(conv.narrow(2, at, n)?);
+                at += n;
+            } else {
+                parts.push(qkv.narrow(2, off, n)?);
+            }
+        }
+        Tensor::cat(&parts, 2)?.contiguous()
+    }
+
     /// `(batch, T, d) -> ((batch, T, d), probabilities (batch, heads, T, T) if captured)`.
     pub fn forward(&self, x: &Tensor, ctx: &mut AttnContext) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = x.dims3()?;
         let (h, nf, dh) = (self.n_heads, self.n_fixed, self.d_head);
         let nl = h - nf;
-        let mut qkv = self.qkv.forward(x)?;
-        if let Some(c) = &self.conv {
-            qkv = c.forward(&qkv)?;
-        }
+        let qkv = self.convolve(self.qkv.forward(x)?)?;
         if fused::supported(&qkv) && (self.dropout == 0.0 || ctx.rng.is_none()) {
             let bias = match &ctx.bias {
                 Some(b) => b.clone(),
@@ -130,4 +169,22 @@ impl Attention {
         let y = self.out.forward(&y)?;
         Ok((y, ctx.capture.then_some(probs)))
     }
+}
+
+/// Maximal runs of adjacent channel blocks `(width, convolved)` with the same flag, as
+/// `(offset, width, convolved)`; empty when one run covers everything and it is convolved.
+fn channel_runs(blocks: &[(usize, bool)]) -> Vec<(usize, usize, bool)> {
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    let mut off = 0;
+    for &(n, on) in blocks.iter().filter(|b| b.0 > 0) {
+        match runs.last_mut() {
+            Some(last) if last.2 == on => last.1 += n,
+            _ => runs.push((off, n, on)),
+        }
+        off += n;
+    }
+    if runs.len() == 1 && runs[0].2 {
+        runs.clear();
+    }
+    runs
 }

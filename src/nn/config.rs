@@ -35,6 +35,39 @@ pub enum Activation {
     Relu,
 }
 
+/// Which of the query, key and value projections `qkv_conv` convolves (all three by default, so
+/// configs written before the field existed keep their models and results).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QkvConvMaps {
+    pub query: bool,
+    pub key: bool,
+    pub value: bool,
+}
+
+impl QkvConvMaps {
+    /// All three maps (the default).
+    pub const ALL: Self = Self {
+        query: true,
+        key: true,
+        value: true,
+    };
+
+    pub fn is_all(&self) -> bool {
+        *self == Self::ALL
+    }
+
+    pub fn any(&self) -> bool {
+        self.query || self.key || self.value
+    }
+}
+
+impl Default for QkvConvMaps {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
 /// A transformer stack: encoder (`causal = false`) or decoder (`causal = true`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +100,11 @@ pub struct TransformerConfig {
     /// Kernel width of depthwise 1-D convolutions over time on the q, k and v projections
     /// (Primer-style); 0 disables them. Causal padding in a decoder, centred in an encoder.
     pub qkv_conv: usize,
+    /// Which of q, k, v the `qkv_conv` convolution applies to; the others pass through the
+    /// projection alone. Left out of the serialized config when it is all three, so the
+    /// configs recorded before it existed read back unchanged.
+    #[serde(skip_serializing_if = "QkvConvMaps::is_all")]
+    pub qkv_conv_maps: QkvConvMaps,
     /// LayerNorm epsilon.
     pub ln_eps: f64,
     /// Standard deviation of the normal initialisation of weight matrices and embeddings.
@@ -99,6 +137,7 @@ impl Default for TransformerConfig {
             share_layers: false,
             fixed_heads: 0,
             qkv_conv: 0,
+            qkv_conv_maps: QkvConvMaps::ALL,
             ln_eps: 1e-5,
             init_std: 0.02,
             emb_init_std: None,
@@ -134,6 +173,17 @@ impl TransformerConfig {
     /// Heads with learned query/key weights.
     pub fn learned_heads(&self) -> usize {
         self.n_heads.saturating_sub(self.fixed_heads)
+    }
+
+    /// Channels of the fused `[q | k | v]` projection that the `qkv_conv` convolution covers
+    /// (its weight is `(channels, qkv_conv)`); 0 when there is no convolution.
+    pub fn qkv_conv_channels(&self) -> usize {
+        if self.qkv_conv == 0 {
+            return 0;
+        }
+        let qk = self.learned_heads() * self.d_head();
+        let m = self.qkv_conv_maps;
+        (m.query as usize) * qk + (m.key as usize) * qk + (m.value as usize) * self.d_model
     }
 
     /// Checks every field; the error names the field and the fix.
@@ -207,6 +257,15 @@ impl TransformerConfig {
             self.qkv_conv <= self.max_len,
             "qkv_conv",
             format!("kernel width must be at most max_len = {}", self.max_len),
+        )?;
+        need(
+            self.qkv_conv == 0 || self.qkv_conv_maps.any(),
+            "qkv_conv_maps",
+            format!(
+                "convolves none of query, key, value while qkv_conv = {}: set at least one of \
+                 query, key, value to true, or qkv_conv = 0 for plain attention",
+                self.qkv_conv
+            ),
         )?;
         Ok(())
     }
