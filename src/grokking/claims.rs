@@ -55,12 +55,10 @@ struct QuickRuns {
 }
 
 /// The projection check of one run's final checkpoint (a line of `projection_check.jsonl`).
+/// Only the consistency check reads it: the tscore claims read the curves.
 #[derive(Deserialize)]
 struct Projection {
-    task: String,
-    depth: usize,
     left_anchored_sci: f64,
-    tscore_code_estimate: f64,
 }
 
 /// What the claims of one scale are measured on.
@@ -591,33 +589,50 @@ fn projections(ev: &Evidence) -> Result<&[Projection]> {
         .context("the projection check of final checkpoints exists only at the cpu scale")
 }
 
-/// Per task: the code's tscore estimate (mean over seeds) at the best-generalising depth minus
-/// the largest at the other depths.
+/// Per task whose runs recorded the paper's tscore at the best-generalising depth and at least
+/// one other depth (every seed of each): the mean final tscore at the best depth minus the largest
+/// at the other recorded depths. Tasks whose runs predate the tscore are named in the note.
 fn tscore_at_best_depth(ev: &Evidence) -> Result<Measured> {
-    let p = projections(ev)?;
     let mut v = Vec::new();
     let mut parts = Vec::new();
+    let mut skipped = Vec::new();
     for (t, tr) in &ev.tasks {
         let best = tr.best_depth();
-        let at = |d: usize| {
-            let xs: Vec<f64> = p
+        let at = |d: usize| -> Option<f64> {
+            let rs = tr.at_depth(d);
+            let ok = with_paper_tscore(rs.iter().copied());
+            if rs.is_empty() || ok.len() != rs.len() {
+                return None;
+            }
+            let xs: Vec<f64> = ok
                 .iter()
-                .filter(|x| &x.task == t && x.depth == d)
-                .map(|x| x.tscore_code_estimate)
+                .filter_map(|r| r.rows.last().map(|e| e.tscore))
                 .collect();
-            (!xs.is_empty()).then(|| mean(&xs))
+            Some(mean(&xs))
         };
-        let b = at(best).with_context(|| format!("no projection check of `{t}` depth {best}"))?;
         let others: Vec<(usize, f64)> = tr
             .depths()
             .into_iter()
             .filter(|&d| d != best)
             .filter_map(|d| at(d).map(|x| (d, x)))
             .collect();
+        let Some(b) = at(best).filter(|_| !others.is_empty()) else {
+            skipped.push(t.clone());
+            continue;
+        };
         let max = others.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
         v.push(b - max);
-        let o: Vec<String> = others.iter().map(|(d, x)| format!("d{d} {x:.2}")).collect();
-        parts.push(format!("{t}: best d{best} {b:.2} vs {}", o.join(", ")));
+        let o: Vec<String> = others.iter().map(|(d, x)| format!("d{d} {x:.3}")).collect();
+        parts.push(format!("{t}: best d{best} {b:.3} vs {}", o.join(", ")));
+    }
+    if v.is_empty() {
+        bail!("no task has the paper's tscore recorded at its best depth and another depth");
+    }
+    if !skipped.is_empty() {
+        parts.push(format!(
+            "not measurable (runs predate the paper's tscore): {}",
+            skipped.join(", ")
+        ));
     }
     values(v, parts.join("; "))
 }
