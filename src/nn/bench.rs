@@ -515,7 +515,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         } else {
             let o = |v: Option<f64>, p: usize| v.map_or("n/a".to_string(), |v| format!("{v:.p$}"));
             println!(
-                "{:<26} {:>10.2} {:>9} {:>9} {:>7} {:>8.1} {:>9} {:>6.1}% {:>6}%",
+                "{:<26} {:>10.2} {:>9} {:>9} {:>7} {:>8.1} {:>9} {:>6.1}% {:>7}",
                 row.name,
                 ours,
                 o(row.pytorch_mirror_steps_per_sec, 2),
@@ -524,7 +524,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 row.attnlab_gflops,
                 o(row.pytorch_gflops, 1),
                 100.0 * row.attnlab_peak_fraction,
-                o(row.pytorch_peak_fraction.map(|f| 100.0 * f), 1),
+                row.pytorch_peak_fraction
+                    .map_or("n/a".to_string(), |f| format!("{:.1}%", 100.0 * f)),
             );
         }
     }
