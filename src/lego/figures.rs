@@ -11,8 +11,8 @@
 //! | `lego/per_position` | `length_extrapolation.toml` | accuracy per chain position, BERT vs ALBERT |
 //! | `lego/training_curves` | `length_extrapolation.toml` | supervised / extrapolated accuracy over steps |
 //! | `lego/mimicking` | `mimicking.toml` | per position, random vs mimicking init; mimicking loss |
-//! | `lego/head_scores` | `head_analysis.toml` | association and locality of every head, per stage |
-//! | `lego/shortcuts` | `shortcuts.toml` | accuracy per test variant and regime; per position |
+//! | `lego/head_scores` | `head_analysis.toml` | heatmaps (stage and layer x head) of association and locality |
+//! | `lego/shortcuts` | `shortcuts.toml` | grouped bars: accuracy per test variant and regime; per position |
 //! | `lego/attention_flops` | `lego_attention.toml` | accuracy vs exact forward FLOPs; per position |
 //! | `lego/convolution` | `convolution.toml` | program accuracy over training; LEGO per position |
 
@@ -25,7 +25,7 @@ use crate::lego::experiments::{run_experiment, ExperimentOpts, ExperimentResults
 use crate::lego::train::RunResult;
 use crate::lego::variants::Variant;
 use crate::plot::figure::{Figure, FigureContext, FigureOutput};
-use crate::plot::{Chart, Corner, Mark, Series};
+use crate::plot::{bar_chart, heatmap_chart, Chart, Corner, Mark, Series};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::Path;
@@ -214,24 +214,11 @@ fn head_scores(ctx: &FigureContext) -> Result<FigureOutput> {
     let n_var = preset.task.as_ref().map(|t| t.n_var).context("no task")?;
     let (heads, layers) = (preset.model.heads, preset.model.layers);
     let (ua, uw) = uniform_scores(n_var, 20)?;
-    let x: Vec<f64> = (1..=layers * heads).map(|i| i as f64).collect();
-    let xl = format!("head (layer-major: 1-{heads} = layer 1, ...)");
-    let mk = |title: &str, y: &str| Chart {
-        title: title.into(),
-        x_label: xl.clone(),
-        y_label: y.into(),
-        legend: Corner::UpperRight,
-        ..Default::default()
-    };
-    let mut assoc = mk(
-        "association score",
-        "mass on other occurrences of the token",
-    );
-    let mut local = mk("window locality score", "mass within +-2 tokens");
+    let mut stages = Vec::new();
     let mut summary = serde_json::Map::new();
-    let mut i = 0;
-    for l in labels(&r.results) {
-        let xs = of_label(&r.results, &l);
+    let mut seeds = 0;
+    for (i, l) in labels(&r.results).iter().enumerate() {
+        let xs = of_label(&r.results, l);
         for stage in ["init", "mimicked", "trained"] {
             // init maps are the same random-init story for every model: draw them once
             if stage == "init" && i > 0 {
@@ -252,63 +239,229 @@ fn head_scores(ctx: &FigureContext) -> Result<FigureOutput> {
                         })
                         .collect()
                 })
-                .filter(|v: &Vec<[f64; 2]>| v.len() == x.len())
+                .filter(|v: &Vec<[f64; 2]>| v.len() == layers * heads)
                 .collect();
             if per_seed.is_empty() {
                 continue;
             }
+            seeds = seeds.max(per_seed.len());
             let name = if stage == "init" {
                 "random init".to_string()
             } else {
                 format!("{l} {stage}")
             };
-            let a: Vec<Vec<f64>> = per_seed
-                .iter()
-                .map(|v| v.iter().map(|p| p[0]).collect())
-                .collect();
-            let w: Vec<Vec<f64>> = per_seed
-                .iter()
-                .map(|v| v.iter().map(|p| p[1]).collect())
-                .collect();
-            assoc.series.push(Series::over_runs(
-                name.clone(),
-                Mark::LinePoints,
-                color(i),
-                x.clone(),
-                &a,
-            ));
-            local.series.push(Series::over_runs(
-                name.clone(),
-                Mark::LinePoints,
-                color(i),
-                x.clone(),
-                &w,
-            ));
+            let over_seeds = |k: usize| -> Vec<f64> {
+                (0..layers * heads)
+                    .map(|h| mean(&per_seed.iter().map(|v| v[h][k]).collect::<Vec<_>>()))
+                    .collect()
+            };
+            // the first seed's scores, as the claims ledger reads them
             summary.insert(
-                name,
+                name.clone(),
                 json!({
-                    "association": a[0].iter().map(|v| round3(*v)).collect::<Vec<_>>(),
-                    "window_locality": w[0].iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+                    "association": per_seed[0].iter().map(|p| round3(p[0])).collect::<Vec<_>>(),
+                    "window_locality": per_seed[0].iter().map(|p| round3(p[1])).collect::<Vec<_>>(),
                 }),
             );
-            i += 1;
+            stages.push(StageHeads {
+                name,
+                association: over_seeds(0),
+                window_locality: over_seeds(1),
+            });
         }
     }
-    let x1 = x.len() as f64;
-    assoc
-        .series
-        .push(Series::hline("uniform attention", GREY, ua, 1.0, x1));
-    local
-        .series
-        .push(Series::hline("uniform attention", GREY, uw, 1.0, x1));
     summary.insert(
         "uniform".into(),
         json!({ "association": round3(ua), "window_locality": round3(uw) }),
     );
     Ok(FigureOutput {
-        charts: vec![assoc, local],
+        charts: head_score_heatmaps(&stages, layers, heads, (ua, uw), seeds)?,
         summary: serde_json::Value::Object(summary),
     })
+}
+
+/// One stage's scores of every head, layer-major (`layer * heads + head`), means over seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageHeads {
+    pub name: String,
+    pub association: Vec<f64>,
+    pub window_locality: Vec<f64>,
+}
+
+/// The head-score figure: one heatmap per score, rows = (stage, layer), columns = heads, on the
+/// scale [0, 1] with uniform attention's score `uniform = (association, locality)` marked.
+pub fn head_score_heatmaps(
+    stages: &[StageHeads],
+    layers: usize,
+    heads: usize,
+    uniform: (f64, f64),
+    seeds: usize,
+) -> Result<Vec<Chart>> {
+    for s in stages {
+        for (what, v) in [
+            ("association", &s.association),
+            ("window_locality", &s.window_locality),
+        ] {
+            anyhow::ensure!(
+                v.len() == layers * heads,
+                "stage `{}` has {} {what} scores for {layers} layers x {heads} heads",
+                s.name,
+                v.len()
+            );
+        }
+    }
+    let seeds = if seeds > 1 {
+        format!(", mean of {seeds} seeds")
+    } else {
+        String::new()
+    };
+    let panel = |title: &str, scale: &str, uni: f64, pick: fn(&StageHeads) -> &Vec<f64>| {
+        let rows = stages
+            .iter()
+            .flat_map(|s| {
+                pick(s)
+                    .chunks(heads)
+                    .enumerate()
+                    .map(|(l, v)| (format!("{} L{}", s.name, l + 1), v.to_vec()))
+            })
+            .collect();
+        heatmap_chart(
+            format!("{title}{seeds}"),
+            "head",
+            scale,
+            rows,
+            vec![("uniform attention".into(), uni)],
+        )
+    };
+    Ok(vec![
+        panel(
+            "association score",
+            "mass on other occurrences",
+            uniform.0,
+            |s| &s.association,
+        ),
+        panel("window locality score", "mass within +-2", uniform.1, |s| {
+            &s.window_locality
+        }),
+    ])
+}
+
+/// Grouped bars from a line chart whose series are plotted at x = 1..=groups.len(): one bar
+/// per solid series in each group (its band as the error bar), dashed series as references.
+pub fn grouped_bars(line: &Chart, groups: Vec<String>, x_label: &str, seeds: usize) -> Chart {
+    let n = groups.len();
+    let mut bars = Vec::new();
+    let mut references = Vec::new();
+    for s in &line.series {
+        if s.mark == Mark::Dashed {
+            if let Some(y) = s.y.first() {
+                references.push((s.label.clone(), *y));
+            }
+            continue;
+        }
+        let at = |v: &[f64]| -> Vec<f64> {
+            (1..=n)
+                .map(|g| {
+                    s.x.iter()
+                        .position(|&x| x == g as f64)
+                        .map_or(f64::NAN, |i| v[i])
+                })
+                .collect()
+        };
+        let spread = s.band.as_ref().map(|(lo, hi)| (at(lo), at(hi)));
+        bars.push((s.label.clone(), s.color, at(&s.y), spread));
+    }
+    let spread = if seeds > 1 {
+        format!(" (mean; error bars min-max of {seeds} seeds)")
+    } else {
+        " (1 seed)".to_string()
+    };
+    bar_chart(
+        format!("{}{spread}", line.title),
+        x_label,
+        &line.y_label,
+        &groups,
+        bars,
+        references,
+    )
+}
+
+/// The new form of a LEGO figure stored before it drew heatmaps and bars, from its stored line
+/// panels (means over seeds, bands min..max), for `attnlab figures --replot`: `None` when the
+/// figure is not one that changed form or is already in it. `layers` and `heads` size the head
+/// grid; `variants` names the shortcut study's test variants in plotting order.
+pub fn restyle(
+    figure: &str,
+    charts: &[Chart],
+    layers: usize,
+    heads: usize,
+    variants: &[String],
+    seeds: usize,
+) -> Result<Option<Vec<Chart>>> {
+    let lines = charts
+        .iter()
+        .flat_map(|c| &c.series)
+        .all(|s| !matches!(s.mark, Mark::Cell | Mark::Bar));
+    match figure {
+        "lego/head_scores" if lines => {
+            let panel = |t: &str| {
+                charts
+                    .iter()
+                    .find(|c| c.title.starts_with(t))
+                    .with_context(|| format!("no `{t}` panel"))
+            };
+            let (a, w) = (panel("association score")?, panel("window locality score")?);
+            let uni = |c: &Chart| {
+                c.series
+                    .iter()
+                    .find(|s| s.mark == Mark::Dashed)
+                    .and_then(|s| s.y.first().copied())
+                    .unwrap_or(f64::NAN)
+            };
+            let stages: Vec<StageHeads> = a
+                .series
+                .iter()
+                .filter(|s| s.mark != Mark::Dashed)
+                .map(|s| -> Result<StageHeads> {
+                    let ws = w
+                        .series
+                        .iter()
+                        .find(|x| x.label == s.label)
+                        .with_context(|| format!("no locality scores for `{}`", s.label))?;
+                    Ok(StageHeads {
+                        name: s.label.clone(),
+                        association: s.y.clone(),
+                        window_locality: ws.y.clone(),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            Ok(Some(head_score_heatmaps(
+                &stages,
+                layers,
+                heads,
+                (uni(a), uni(w)),
+                seeds,
+            )?))
+        }
+        "lego/shortcuts" if lines && charts.len() == 2 => {
+            let n = charts[1]
+                .series
+                .iter()
+                .map(|s| s.x.len())
+                .max()
+                .unwrap_or(0);
+            Ok(Some(vec![
+                grouped_bars(&charts[0], variants.to_vec(), "test variant", seeds),
+                grouped_bars(
+                    &charts[1],
+                    (1..=n).map(|k| k.to_string()).collect(),
+                    &charts[1].x_label,
+                    seeds,
+                ),
+            ]))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn shortcuts(ctx: &FigureContext) -> Result<FigureOutput> {
@@ -318,15 +471,11 @@ fn shortcuts(ctx: &FigureContext) -> Result<FigureOutput> {
         .as_ref()
         .map(|s| s.test_variants.clone())
         .unwrap_or_default();
-    let names: Vec<String> = variants
-        .iter()
-        .enumerate()
-        .map(|(i, v)| format!("{} {}", i + 1, v.name()))
-        .collect();
+    let names: Vec<String> = variants.iter().map(|v| v.name().to_string()).collect();
     let x: Vec<f64> = (1..=variants.len()).map(|i| i as f64).collect();
     let mut rob = Chart {
         title: "accuracy per test variant (mean over positions)".into(),
-        x_label: names.join(", "),
+        x_label: "test variant".into(),
         y_label: "test accuracy".into(),
         legend: Corner::UpperLeft,
         ..Default::default()
@@ -387,8 +536,23 @@ fn shortcuts(ctx: &FigureContext) -> Result<FigureOutput> {
         r.train_vars,
         &|l| l.to_string(),
     );
+    let seeds = labels(&r.results)
+        .iter()
+        .map(|l| of_label(&r.results, l).len())
+        .max()
+        .unwrap_or(0);
+    let positions = pp.series.iter().map(|s| s.x.len()).max().unwrap_or(0);
+    let charts = vec![
+        grouped_bars(&rob, names, "test variant", seeds),
+        grouped_bars(
+            &pp,
+            (1..=positions).map(|k| k.to_string()).collect(),
+            &pp.x_label,
+            seeds,
+        ),
+    ];
     Ok(FigureOutput {
-        charts: vec![rob, pp],
+        charts,
         summary: serde_json::Value::Object(summary),
     })
 }

@@ -1,11 +1,17 @@
 //! Shared plotting helpers on plotters: line charts with a band (over seeds) around each line,
-//! optional log axes, theory curves dashed beside measurements, several panels side by side in
-//! one PNG, and the long-format CSV of every plotted number.
+//! optional log axes, theory curves dashed beside measurements, heatmaps ([`heatmap`]) and
+//! grouped bars with error bars ([`bars`]), several panels side by side in one PNG, and the
+//! long-format CSV of every plotted number.
 //!
 //! Text is drawn with the DejaVu Sans font embedded in the binary (`assets/fonts/`), so a figure
 //! looks the same on every machine whatever fonts it has installed.
 
+pub mod bars;
 pub mod figure;
+pub mod heatmap;
+
+pub use bars::bar_chart;
+pub use heatmap::heatmap_chart;
 
 use anyhow::{anyhow, bail, Result};
 use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
@@ -47,6 +53,10 @@ pub enum Mark {
     Points,
     /// Solid line with a point at every value.
     LinePoints,
+    /// One row of a heatmap: `y[j]` is the cell in column `x[j]` (see [`heatmap`]).
+    Cell,
+    /// One bar per group `x` (1-based), the band as its error bar (see [`bars`]).
+    Bar,
 }
 
 /// One plotted series: a line (or points) with an optional band `lo..hi` around it.
@@ -244,13 +254,19 @@ pub fn draw_png(path: &Path, charts: &[Chart]) -> Result<()> {
     Ok(())
 }
 
-fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing failed: {e:?}")
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 fn draw_panel(area: &Area<'_>, c: &Chart) -> Result<()> {
+    if c.series.iter().any(|s| s.mark == Mark::Cell) {
+        return heatmap::draw(area, c);
+    }
+    if c.series.iter().any(|s| s.mark == Mark::Bar) {
+        return bars::draw(area, c);
+    }
     let (x0, x1) = axis_range(c, true)?;
     let (y0, y1) = axis_range(c, false)?;
     // Ticks at powers of 2 when the axis spans less than ~1.5 decades (powers of 10 would leave
@@ -339,6 +355,9 @@ where
             Mark::Points => chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))
                 .map_err(plot_err)?,
+            Mark::Cell | Mark::Bar => {
+                bail!("chart `{}` mixes heatmap or bar series with lines", c.title)
+            }
             Mark::LinePoints => {
                 chart
                     .draw_series(LineSeries::new(pts.clone(), line))
@@ -391,7 +410,9 @@ where
 }
 
 /// The long-format CSV of every plotted number: `panel,series,x,y,y_lo,y_hi` (band edges empty
-/// when the series has none). Commas in names are written as semicolons.
+/// when the series has none). Commas in names are written as semicolons. A heatmap's rows are
+/// its cells (series = row label, x = 1-based column); grouped bars' rows are the bars (series =
+/// bar label, x = 1-based group, the error bar as `y_lo, y_hi`).
 pub fn charts_csv(charts: &[Chart]) -> String {
     let clean = |s: &str| s.replace([',', '\n'], ";");
     let mut out = String::from("panel,series,x,y,y_lo,y_hi\n");
@@ -416,7 +437,7 @@ pub fn charts_csv(charts: &[Chart]) -> String {
 }
 
 /// Colours as `[r, g, b]` in JSON (plotters' colour type has no serde support).
-mod rgb {
+pub(crate) mod rgb {
     use plotters::style::RGBColor;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -431,7 +452,7 @@ mod rgb {
 }
 
 /// JSON has no NaN (serde_json writes it as null): read null back as NaN (a point not drawn).
-mod nan {
+pub(crate) mod nan {
     use serde::{Deserialize, Deserializer};
 
     fn fill(v: Vec<Option<f64>>) -> Vec<f64> {
