@@ -6,6 +6,9 @@ use super::{plot_err, tick, Area, Chart, Corner, Mark, Series, FONT};
 use anyhow::{bail, Result};
 use plotters::prelude::*;
 
+/// One bar series: label, colour, a value per group, and optional error-bar ends per group.
+pub type BarSeries = (String, RGBColor, Vec<f64>, Option<(Vec<f64>, Vec<f64>)>);
+
 /// A grouped-bar panel: `bars` are `(label, colour, values per group, optional (lo, hi) per
 /// group)`; each becomes a [`Series`] of [`Mark::Bar`] at x = 1..=groups, its spread as the
 /// band; `references` become dashed series. The group names travel in the x label as
@@ -15,7 +18,7 @@ pub fn bar_chart(
     x_label: &str,
     y_label: &str,
     groups: &[String],
-    bars: Vec<(String, RGBColor, Vec<f64>, Option<(Vec<f64>, Vec<f64>)>)>,
+    bars: Vec<BarSeries>,
     references: Vec<(String, f64)>,
 ) -> Chart {
     let n = groups.len();
