@@ -82,6 +82,7 @@ fn run(label: &str, qkv_conv: usize) -> ProgramRun {
     ProgramRun {
         label: label.into(),
         qkv_conv,
+        qkv_conv_maps: Default::default(),
         seed: 0,
     }
 }
@@ -155,7 +156,7 @@ fn stopped_program_run_resumes_identically() {
 }
 
 #[test]
-fn a_partial_qkv_convolution_is_a_config_error() {
+fn a_repeated_qkv_map_is_a_config_error_and_a_subset_is_not() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/lego/convolution.toml");
     let text = std::fs::read_to_string(path).unwrap();
     let bad = text.replacen(
@@ -164,10 +165,17 @@ fn a_partial_qkv_convolution_is_a_config_error() {
         1,
     );
     assert_ne!(bad, text);
+    let subset: config::LegoExperiment = attnlab::config::parse_toml(&bad).unwrap();
+    subset.validate().unwrap();
+    let bad = text.replacen(
+        "maps = [\"query\", \"key\", \"value\"]",
+        "maps = [\"value\", \"value\"]",
+        1,
+    );
     let exp: config::LegoExperiment = attnlab::config::parse_toml(&bad).unwrap();
     let err = format!("{:#}", exp.validate().unwrap_err());
     assert!(
-        err.contains("convolution.configs.maps") && err.contains("q, k and v together"),
+        err.contains("convolution.configs.maps") && err.contains("once each"),
         "{err}"
     );
 }

@@ -76,6 +76,7 @@ pub fn expand_runs(exp: &LegoExperiment, preset: &Preset, seeds: &[u64]) -> Resu
                         let label = if k == 0 { PLAIN_LEGO } else { c.label.as_str() };
                         let mut r = LegoRun::new(label, Arch::Bert, Init::Random, s);
                         r.qkv_conv = k;
+                        r.qkv_conv_maps = c.qkv_conv_maps();
                         runs.push(r);
                     }
                 }
@@ -104,6 +105,7 @@ pub fn expand_program_runs(
             seeds.iter().map(|&s| ProgramRun {
                 label: c.label.clone(),
                 qkv_conv: c.qkv_conv(),
+                qkv_conv_maps: c.qkv_conv_maps(),
                 seed: s,
             })
         })

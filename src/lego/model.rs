@@ -15,6 +15,7 @@ use crate::lego::config::{Arch, Init, ModelConfig};
 use crate::lego::measure::{association_target, local_target, score_heads, HeadScores, MIMIC_EPS};
 use crate::lego::task::{LegoBatch, LegoSentence, VOCAB_SIZE};
 use crate::lego::variants::Variant;
+use crate::nn::config::QkvConvMaps;
 use crate::nn::{
     Activation, ForwardOpts, NormPlacement, Positions, Transformer, TransformerConfig,
 };
@@ -36,6 +37,10 @@ pub struct LegoRun {
     pub fixed_association: usize,
     /// Depthwise convolution width on q/k/v (0 = plain attention).
     pub qkv_conv: usize,
+    /// Which of q, k, v the convolution covers (left out when all three: run identities of the
+    /// all-three studies unchanged).
+    #[serde(default, skip_serializing_if = "QkvConvMaps::is_all")]
+    pub qkv_conv_maps: QkvConvMaps,
     /// Training distribution as a mixture of variants.
     pub train_mix: Vec<(Variant, f64)>,
     /// Variants the trained model is tested on besides its own test split.
@@ -53,6 +58,7 @@ impl LegoRun {
             fixed_local: 0,
             fixed_association: 0,
             qkv_conv: 0,
+            qkv_conv_maps: QkvConvMaps::default(),
             train_mix: vec![(Variant::Shuffled, 1.0)],
             test_variants: Vec::new(),
             seed,
@@ -73,6 +79,7 @@ pub fn transformer_config(m: &ModelConfig, run: &LegoRun) -> TransformerConfig {
         share_layers: run.arch == Arch::Albert,
         fixed_heads: run.fixed(),
         qkv_conv: run.qkv_conv,
+        qkv_conv_maps: run.qkv_conv_maps,
         ..encoder_config(m)
     }
 }

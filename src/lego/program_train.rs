@@ -11,6 +11,7 @@ use crate::lego::model::encoder_config;
 use crate::lego::program::{sample_programs, Program, ProgramBatch, PROGRAM_VOCAB_SIZE};
 use crate::lego::seeds;
 use crate::lego::train::RunOpts;
+use crate::nn::config::QkvConvMaps;
 use crate::nn::{num_params, AttnMask, FlopCount, ForwardOpts, Transformer, TransformerConfig};
 use crate::run::{drive, State, StepOutcome, Trainer};
 use crate::train::{backward_step, Optimizer};
@@ -24,6 +25,10 @@ use serde::{Deserialize, Serialize};
 pub struct ProgramRun {
     pub label: String,
     pub qkv_conv: usize,
+    /// Which of q, k, v the convolution covers (left out when all three, so the run identities
+    /// of the all-three studies stay as they were).
+    #[serde(default, skip_serializing_if = "QkvConvMaps::is_all")]
+    pub qkv_conv_maps: QkvConvMaps,
     pub seed: u64,
 }
 
@@ -76,6 +81,7 @@ pub fn program_transformer_config(preset: &Preset, run: &ProgramRun) -> Result<T
         vocab_size: PROGRAM_VOCAB_SIZE,
         n_out: p.modulus as usize,
         qkv_conv: run.qkv_conv,
+        qkv_conv_maps: run.qkv_conv_maps,
         ..encoder_config(m)
     })
 }

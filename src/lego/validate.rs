@@ -4,7 +4,7 @@
 
 use crate::config::require;
 use crate::lego::config::{
-    optim_for, ExperimentKind, Init, LegoExperiment, Loss, ModelConfig, Preset, QkvMap, TrainConfig,
+    optim_for, ExperimentKind, Init, LegoExperiment, Loss, ModelConfig, Preset, TrainConfig,
 };
 use crate::lego::task::N_NAMES;
 use crate::train::OptimConfig;
@@ -198,15 +198,19 @@ impl Preset {
                     limits::POSITIONS,
                     "convolution.configs.kernel_size",
                 )?;
-                let all = [QkvMap::Query, QkvMap::Key, QkvMap::Value];
-                let every = all.iter().all(|m| cc.maps.contains(m)) && cc.maps.len() == 3;
+                let distinct = cc
+                    .maps
+                    .iter()
+                    .enumerate()
+                    .all(|(i, m)| !cc.maps[..i].contains(m));
                 require(
-                    (cc.maps.is_empty() && cc.kernel_size == 1) || (every && cc.kernel_size > 1),
+                    (cc.maps.is_empty() && cc.kernel_size == 1)
+                        || (!cc.maps.is_empty() && distinct && cc.kernel_size > 1),
                     "convolution.configs.maps",
                     format!(
-                        "config `{}`: the toolkit convolves q, k and v together: use \
-                         maps = [\"query\", \"key\", \"value\"] with kernel_size > 1, or \
-                         maps = [] with kernel_size = 1 (plain attention)",
+                        "config `{}`: list the convolved maps once each, from \"query\", \"key\" \
+                         and \"value\", with kernel_size > 1, or maps = [] with kernel_size = 1 \
+                         (plain attention)",
                         cc.label
                     ),
                 )?;

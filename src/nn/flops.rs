@@ -34,10 +34,9 @@ impl FlopCount {
             t as u64,
             cfg.n_layers as u64,
         );
-        let width = (2 * nl + h) * dh;
         let qk_proj = 2 * d * 2 * nl * dh;
         let v_proj = 2 * d * h * dh;
-        let conv = 2 * cfg.qkv_conv as u64 * width;
+        let conv = 2 * cfg.qkv_conv as u64 * cfg.qkv_conv_channels() as u64;
         let scores = 2 * t * dh * nl;
         let pv_learned = 2 * t * dh * nl;
         let pv_fixed = 2 * t * dh * nf;
