@@ -29,16 +29,7 @@ fn maps(query: bool, key: bool, value: bool) -> QkvConvMaps {
     QkvConvMaps { query, key, value }
 }
 
-fn max_abs(t: &Tensor) -> f64 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
+use common::fused::max_abs;
 
 /// Moves every parameter by seeded noise (the identity conv kernels included).
 fn perturb(vm: &VarMap, seed: u64) {

@@ -176,49 +176,33 @@ pub(crate) trait Blas: num_traits::Float + Send + Sync {
     );
 }
 
-impl Blas for f32 {
-    unsafe fn gemm_raw(
-        ta: i32,
-        tb: i32,
-        m: i32,
-        n: i32,
-        k: i32,
-        alpha: f32,
-        a: *const f32,
-        lda: i32,
-        b: *const f32,
-        ldb: i32,
-        beta: f32,
-        c: *mut f32,
-        ldc: i32,
-    ) {
-        cblas_sgemm(
-            ROW_MAJOR, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-        )
-    }
+macro_rules! impl_blas {
+    ($t:ty, $f:ident) => {
+        impl Blas for $t {
+            unsafe fn gemm_raw(
+                ta: i32,
+                tb: i32,
+                m: i32,
+                n: i32,
+                k: i32,
+                alpha: $t,
+                a: *const $t,
+                lda: i32,
+                b: *const $t,
+                ldb: i32,
+                beta: $t,
+                c: *mut $t,
+                ldc: i32,
+            ) {
+                $f(
+                    ROW_MAJOR, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                )
+            }
+        }
+    };
 }
-
-impl Blas for f64 {
-    unsafe fn gemm_raw(
-        ta: i32,
-        tb: i32,
-        m: i32,
-        n: i32,
-        k: i32,
-        alpha: f64,
-        a: *const f64,
-        lda: i32,
-        b: *const f64,
-        ldb: i32,
-        beta: f64,
-        c: *mut f64,
-        ldc: i32,
-    ) {
-        cblas_dgemm(
-            ROW_MAJOR, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-        )
-    }
-}
+impl_blas!(f32, cblas_sgemm);
+impl_blas!(f64, cblas_dgemm);
 
 /// CBLAS's (transpose flag, leading dimension) for a `rows x cols` operand with strides
 /// `(row, col)` in elements, or `None` when neither stride is 1 (or a stride does not fit).

@@ -5,7 +5,8 @@ use attnlab::nn::{self, fused, AttnMask, ForwardOpts, Transformer, TransformerCo
 use candle_core::{DType, Device, Tensor};
 use rand::Rng as _;
 
-fn max_abs(t: &Tensor) -> f64 {
+/// Largest absolute entry of an f64 tensor.
+pub fn max_abs(t: &Tensor) -> f64 {
     t.abs()
         .unwrap()
         .flatten_all()
