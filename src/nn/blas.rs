@@ -8,6 +8,7 @@
 //! start-up could flip between runs and change the numbers a seed gives). `ATTNLAB_GEMM=openblas`
 //! or `ATTNLAB_GEMM=gemm` overrides it (`attnlab bench` reports both).
 
+use super::fused::Ptr;
 use std::sync::OnceLock;
 
 /// Which library computes the fused kernels' parallel GEMMs.
@@ -287,7 +288,7 @@ pub(crate) unsafe fn try_gemm<T: Blas>(
         .min(m.div_ceil(MIN_ROWS))
         .max(1);
     let per = m.div_ceil(blocks);
-    let (dst, lhs, rhs) = (Shared(dst), Shared(lhs as *mut T), Shared(rhs as *mut T));
+    let (dst, lhs, rhs) = (Ptr(dst), Ptr(lhs as *mut T), Ptr(rhs as *mut T));
     let run = |i0: usize| {
         let rows = per.min(m - i0) as i32;
         T::gemm_raw(
@@ -334,17 +335,6 @@ fn single_threaded() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     // SAFETY: sets a global of the library, before any of our calls into it.
     ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
-}
-
-/// A pointer shared by the row-block workers, which touch disjoint rows.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-impl<T> Shared<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
 }
 
 #[cfg(test)]

@@ -52,12 +52,12 @@ fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 
 /// A raw pointer shared across rayon workers that write disjoint regions.
 #[derive(Clone, Copy)]
-struct Ptr<T>(*mut T);
+pub(crate) struct Ptr<T>(pub(crate) *mut T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 impl<T> Ptr<T> {
     /// A method (not field access) so closures capture the `Send` wrapper, not the raw pointer.
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
