@@ -104,6 +104,20 @@ impl Attention {
         Tensor::cat(&parts, 2)?.contiguous()
     }
 
+    /// The `[q | k | v]` and output projections and the head shape, for the fused block;
+    /// `None` with a q/k/v convolution, which the fused block does not compute.
+    pub(crate) fn fusable(&self) -> Option<(&Linear, &Linear, fused::AttnShape)> {
+        self.conv.is_none().then_some((
+            &self.qkv,
+            &self.out,
+            fused::AttnShape {
+                heads: self.n_heads,
+                fixed: self.n_fixed,
+                d_head: self.d_head,
+            },
+        ))
+    }
+
     /// `(batch, T, d) -> ((batch, T, d), probabilities (batch, heads, T, T) if captured)`.
     pub fn forward(&self, x: &Tensor, ctx: &mut AttnContext) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = x.dims3()?;

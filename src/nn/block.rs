@@ -3,6 +3,8 @@
 
 use crate::nn::attention::{Attention, AttnContext};
 use crate::nn::config::{Activation, NormPlacement, TransformerConfig};
+use crate::nn::fused;
+use crate::nn::fused_block::{self, BlockParams, BlockShape};
 use crate::nn::layers::{dropout, LayerNorm, Linear};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -41,8 +43,60 @@ impl Block {
         self.ff2.forward(&h)
     }
 
+    /// The whole block as one fused node ([`fused_block`]) where the kernels allow: CPU f32/f64,
+    /// no q/k/v convolution, no dropout being drawn. `None` otherwise.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        ctx: &AttnContext,
+    ) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        if !fused::supported(x) || (self.dropout > 0.0 && ctx.rng.is_some()) {
+            return Ok(None);
+        }
+        let Some((qkv, out, attn)) = self.attn.fusable() else {
+            return Ok(None);
+        };
+        let (Some(bq), Some(bo), Some(b1), Some(b2)) = (&qkv.b, &out.b, &self.ff1.b, &self.ff2.b)
+        else {
+            return Ok(None);
+        };
+        let (_, t, d) = x.dims3()?;
+        let nf = attn.fixed;
+        if nf > 0 && ctx.patterns.is_none() {
+            candle_core::bail!("the config has fixed_heads = {nf}: pass `patterns` of shape (batch, {nf}, {t}, {t})");
+        }
+        let bias = match &ctx.bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros((1, 1, t, t), x.dtype(), x.device())?,
+        };
+        let pat = match &ctx.patterns {
+            Some(p) => p.clone(),
+            None => Tensor::zeros(1, x.dtype(), x.device())?,
+        };
+        let params = BlockParams {
+            ln1: (&self.ln1.gamma, &self.ln1.beta),
+            qkv: (&qkv.w, bq),
+            out: (&out.w, bo),
+            ln2: (&self.ln2.gamma, &self.ln2.beta),
+            ff1: (&self.ff1.w, b1),
+            ff2: (&self.ff2.w, b2),
+        };
+        let s = BlockShape {
+            d,
+            ff: self.ff1.w.dim(0)?,
+            attn,
+            eps: self.ln1.eps,
+            pre_ln: matches!(self.norm, NormPlacement::Pre),
+            gelu: matches!(self.act, Activation::Gelu),
+        };
+        fused_block::block(x, &params, &bias, &pat, s, ctx.capture).map(Some)
+    }
+
     /// `(batch, T, d) -> ((batch, T, d), attention probabilities if captured)`.
     pub fn forward(&self, x: &Tensor, ctx: &mut AttnContext) -> Result<(Tensor, Option<Tensor>)> {
+        if let Some(r) = self.forward_fused(x, ctx)? {
+            return Ok(r);
+        }
         let p = self.dropout;
         match self.norm {
             NormPlacement::Pre => {

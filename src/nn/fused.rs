@@ -21,7 +21,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-trait Elem: ops::Float + blas::Blas {
+pub(crate) trait Elem: ops::Float + blas::Blas + ops::Erf + candle_core::WithDType {
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
 }
 impl Elem for f32 {
@@ -41,7 +41,7 @@ impl Elem for f64 {
     }
 }
 
-fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+pub(crate) fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
     let v =
         T::slice(s).ok_or_else(|| candle_core::Error::Msg(format!("{what}: dtype mismatch")))?;
     match l.contiguous_offsets() {
@@ -68,7 +68,7 @@ impl<T> Ptr<T> {
 /// # Safety
 /// Every element must be written before the buffer is read or returned.
 #[allow(clippy::uninit_vec)] // deliberate: the callers' SAFETY comments show each full write
-unsafe fn uninit<T: Copy>(n: usize) -> Vec<T> {
+pub(crate) unsafe fn uninit<T: Copy>(n: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     v.set_len(n);
     v
@@ -81,7 +81,7 @@ fn threads() -> usize {
 /// `dst (m x n) = beta * lhs (m x k) * rhs (k x n) [+ dst if accumulate]`, strides in elements
 /// as (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-unsafe fn mm<T: Elem>(
+pub(crate) unsafe fn mm<T: Elem>(
     m: usize,
     n: usize,
     k: usize,
@@ -126,7 +126,7 @@ unsafe fn mm<T: Elem>(
     )
 }
 
-fn par_for(rows: usize, macs: usize) -> Parallelism {
+pub(crate) fn par_for(rows: usize, macs: usize) -> Parallelism {
     if threads() > 1 && rows * macs > 1 << 16 {
         Parallelism::Rayon(threads())
     } else {
@@ -313,7 +313,7 @@ fn linear_bwd<T: Elem + ops::Erf>(
     }
     for row in d.chunks(out) {
         for (a, &b) in db.iter_mut().zip(row) {
-            *a = *a + b;
+            *a += b;
         }
     }
     r
@@ -439,81 +439,87 @@ struct AttentionGrad {
 }
 
 /// Geometry of one call: batch, T, projection width, bias batch, output width.
-struct Geo {
-    b: usize,
-    t: usize,
-    w: usize,
-    bias_b: usize,
-    hd: usize,
+pub(crate) struct Geo {
+    pub(crate) b: usize,
+    pub(crate) t: usize,
+    pub(crate) w: usize,
+    pub(crate) bias_b: usize,
+    pub(crate) hd: usize,
 }
 
-impl Attention {
-    fn fwd<T: Elem>(&self, qkv: &[T], bias: &[T], pat: &[T], g: &Geo) -> (Vec<T>, Vec<T>) {
-        let AttnShape {
-            heads: h,
-            fixed: nf,
-            d_head: dh,
-        } = self.s;
-        let nl = h - nf;
-        let (t, w, hd) = (g.t, g.w, g.hd);
-        let scale = T::from(1.0 / (dh as f64).sqrt()).unwrap();
-        // SAFETY: every (example, head) writes its own T x d_head block of y by GEMM and its
-        // own T x T block of probs (GEMM or copy of the pattern).
-        let mut y = unsafe { uninit::<T>(g.b * t * hd) };
-        let mut probs = unsafe { uninit::<T>(g.b * h * t * t) };
-        let yp = Ptr(y.as_mut_ptr());
-        probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
-            let (bi, hi) = (bh / h, bh % h);
-            let base = &qkv[bi * t * w..];
-            if hi < nf {
-                p.copy_from_slice(&pat[(bi * nf + hi) * t * t..(bi * nf + hi + 1) * t * t]);
-            } else {
-                let li = hi - nf;
-                unsafe {
-                    mm(
-                        t,
-                        t,
-                        dh,
-                        p.as_mut_ptr(),
-                        (t as isize, 1),
-                        base[li * dh..].as_ptr(),
-                        (w as isize, 1),
-                        base[(nl + li) * dh..].as_ptr(),
-                        (1, w as isize),
-                        scale,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                let bb = if g.bias_b == 1 { 0 } else { bi };
-                let brow = &bias[bb * t * t..(bb + 1) * t * t];
-                for (row, br) in p.chunks_mut(t).zip(brow.chunks(t)) {
-                    for (x, &bv) in row.iter_mut().zip(br) {
-                        *x = *x + bv;
-                    }
-                    ops::softmax_in_place(row);
-                }
-            }
-            // y[bi, :, hi*dh..] = P @ V_hi
+/// The attention core forward: the heads' output `(b, T, heads * d_head)` and the
+/// probabilities `(b, heads, T, T)`.
+pub(crate) fn attention_fwd<T: Elem>(
+    s: AttnShape,
+    qkv: &[T],
+    bias: &[T],
+    pat: &[T],
+    g: &Geo,
+) -> (Vec<T>, Vec<T>) {
+    let AttnShape {
+        heads: h,
+        fixed: nf,
+        d_head: dh,
+    } = s;
+    let nl = h - nf;
+    let (t, w, hd) = (g.t, g.w, g.hd);
+    let scale = T::from(1.0 / (dh as f64).sqrt()).unwrap();
+    // SAFETY: every (example, head) writes its own T x d_head block of y by GEMM and its
+    // own T x T block of probs (GEMM or copy of the pattern).
+    let mut y = unsafe { uninit::<T>(g.b * t * hd) };
+    let mut probs = unsafe { uninit::<T>(g.b * h * t * t) };
+    let yp = Ptr(y.as_mut_ptr());
+    probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+        let (bi, hi) = (bh / h, bh % h);
+        let base = &qkv[bi * t * w..];
+        if hi < nf {
+            p.copy_from_slice(&pat[(bi * nf + hi) * t * t..(bi * nf + hi + 1) * t * t]);
+        } else {
+            let li = hi - nf;
             unsafe {
                 mm(
                     t,
-                    dh,
                     t,
-                    yp.get().add(bi * t * hd + hi * dh),
-                    (hd as isize, 1),
-                    p.as_ptr(),
+                    dh,
+                    p.as_mut_ptr(),
                     (t as isize, 1),
-                    base[(2 * nl + hi) * dh..].as_ptr(),
+                    base[li * dh..].as_ptr(),
                     (w as isize, 1),
-                    T::one(),
+                    base[(nl + li) * dh..].as_ptr(),
+                    (1, w as isize),
+                    scale,
                     false,
                     Parallelism::None,
                 );
             }
-        });
-        (y, probs)
-    }
+            let bb = if g.bias_b == 1 { 0 } else { bi };
+            let brow = &bias[bb * t * t..(bb + 1) * t * t];
+            for (row, br) in p.chunks_mut(t).zip(brow.chunks(t)) {
+                for (x, &bv) in row.iter_mut().zip(br) {
+                    *x += bv;
+                }
+                ops::softmax_in_place(row);
+            }
+        }
+        // y[bi, :, hi*dh..] = P @ V_hi
+        unsafe {
+            mm(
+                t,
+                dh,
+                t,
+                yp.get().add(bi * t * hd + hi * dh),
+                (hd as isize, 1),
+                p.as_ptr(),
+                (t as isize, 1),
+                base[(2 * nl + hi) * dh..].as_ptr(),
+                (w as isize, 1),
+                T::one(),
+                false,
+                Parallelism::None,
+            );
+        }
+    });
+    (y, probs)
 }
 
 impl CustomOp3 for Attention {
@@ -539,7 +545,8 @@ impl CustomOp3 for Attention {
         };
         let (y, p) = match qs.dtype() {
             DType::F32 => {
-                let (y, p) = self.fwd::<f32>(
+                let (y, p) = attention_fwd::<f32>(
+                    self.s,
                     slice(qs, ql, "attention qkv")?,
                     slice(bs, bl, "attention bias")?,
                     slice(ps, pl, "attention patterns")?,
@@ -548,7 +555,8 @@ impl CustomOp3 for Attention {
                 (<f32 as ops::Float>::store(y), <f32 as ops::Float>::store(p))
             }
             DType::F64 => {
-                let (y, p) = self.fwd::<f64>(
+                let (y, p) = attention_fwd::<f64>(
+                    self.s,
                     slice(qs, ql, "attention qkv")?,
                     slice(bs, bl, "attention bias")?,
                     slice(ps, pl, "attention patterns")?,
@@ -578,102 +586,107 @@ impl CustomOp3 for Attention {
     }
 }
 
-impl AttentionGrad {
-    fn go<T: Elem>(&self, qkv: &[T], dy: &[T], probs: &[T], g: &Geo) -> Vec<T> {
-        let AttnShape {
-            heads: h,
-            fixed: nf,
-            d_head: dh,
-        } = self.s;
-        let nl = h - nf;
-        let (t, w, hd) = (g.t, g.w, g.hd);
-        let scale = T::from(1.0 / (dh as f64).sqrt()).unwrap();
-        // SAFETY: the projection's columns are [q (learned) | k (learned) | v (all heads)];
-        // every (example, head) writes dV, and learned heads dQ and dK, by GEMM.
-        let mut dq = unsafe { uninit::<T>(qkv.len()) };
-        let dp = Ptr(dq.as_mut_ptr());
-        (0..g.b * h).into_par_iter().for_each(|bh| {
-            let (bi, hi) = (bh / h, bh % h);
-            let p = &probs[bh * t * t..(bh + 1) * t * t];
-            let base = &qkv[bi * t * w..];
-            let dy = &dy[bi * t * hd + hi * dh..];
-            unsafe {
-                let dbase = dp.get().add(bi * t * w);
-                // dV = P^T dY
-                mm(
-                    t,
-                    dh,
-                    t,
-                    dbase.add((2 * nl + hi) * dh),
-                    (w as isize, 1),
-                    p.as_ptr(),
-                    (1, t as isize),
-                    dy.as_ptr(),
-                    (hd as isize, 1),
-                    T::one(),
-                    false,
-                    Parallelism::None,
-                );
-                if hi < nf {
-                    return;
-                }
-                let li = hi - nf;
-                // dP = dY V^T, then dS = P * (dP - rowsum(dP * P)), scaled.
-                // SAFETY: written whole by the GEMM below.
-                let mut ds = uninit::<T>(t * t);
-                mm(
-                    t,
-                    t,
-                    dh,
-                    ds.as_mut_ptr(),
-                    (t as isize, 1),
-                    dy.as_ptr(),
-                    (hd as isize, 1),
-                    base[(2 * nl + hi) * dh..].as_ptr(),
-                    (1, w as isize),
-                    T::one(),
-                    false,
-                    Parallelism::None,
-                );
-                for (drow, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                    let dot = ops::lane_sum2(drow, prow, |a, b| a * b);
-                    for (a, &b) in drow.iter_mut().zip(prow) {
-                        *a = b * (*a - dot);
-                    }
-                }
-                // dQ = scale dS K ; dK = scale dS^T Q
-                mm(
-                    t,
-                    dh,
-                    t,
-                    dbase.add(li * dh),
-                    (w as isize, 1),
-                    ds.as_ptr(),
-                    (t as isize, 1),
-                    base[(nl + li) * dh..].as_ptr(),
-                    (w as isize, 1),
-                    scale,
-                    false,
-                    Parallelism::None,
-                );
-                mm(
-                    t,
-                    dh,
-                    t,
-                    dbase.add((nl + li) * dh),
-                    (w as isize, 1),
-                    ds.as_ptr(),
-                    (1, t as isize),
-                    base[li * dh..].as_ptr(),
-                    (w as isize, 1),
-                    scale,
-                    false,
-                    Parallelism::None,
-                );
+/// The attention core backward: `d qkv` from `dy` and the saved probabilities.
+pub(crate) fn attention_bwd<T: Elem>(
+    s: AttnShape,
+    qkv: &[T],
+    dy: &[T],
+    probs: &[T],
+    g: &Geo,
+) -> Vec<T> {
+    let AttnShape {
+        heads: h,
+        fixed: nf,
+        d_head: dh,
+    } = s;
+    let nl = h - nf;
+    let (t, w, hd) = (g.t, g.w, g.hd);
+    let scale = T::from(1.0 / (dh as f64).sqrt()).unwrap();
+    // SAFETY: the projection's columns are [q (learned) | k (learned) | v (all heads)];
+    // every (example, head) writes dV, and learned heads dQ and dK, by GEMM.
+    let mut dq = unsafe { uninit::<T>(qkv.len()) };
+    let dp = Ptr(dq.as_mut_ptr());
+    (0..g.b * h).into_par_iter().for_each(|bh| {
+        let (bi, hi) = (bh / h, bh % h);
+        let p = &probs[bh * t * t..(bh + 1) * t * t];
+        let base = &qkv[bi * t * w..];
+        let dy = &dy[bi * t * hd + hi * dh..];
+        unsafe {
+            let dbase = dp.get().add(bi * t * w);
+            // dV = P^T dY
+            mm(
+                t,
+                dh,
+                t,
+                dbase.add((2 * nl + hi) * dh),
+                (w as isize, 1),
+                p.as_ptr(),
+                (1, t as isize),
+                dy.as_ptr(),
+                (hd as isize, 1),
+                T::one(),
+                false,
+                Parallelism::None,
+            );
+            if hi < nf {
+                return;
             }
-        });
-        dq
-    }
+            let li = hi - nf;
+            // dP = dY V^T, then dS = P * (dP - rowsum(dP * P)), scaled.
+            // SAFETY: written whole by the GEMM below.
+            let mut ds = uninit::<T>(t * t);
+            mm(
+                t,
+                t,
+                dh,
+                ds.as_mut_ptr(),
+                (t as isize, 1),
+                dy.as_ptr(),
+                (hd as isize, 1),
+                base[(2 * nl + hi) * dh..].as_ptr(),
+                (1, w as isize),
+                T::one(),
+                false,
+                Parallelism::None,
+            );
+            for (drow, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                let dot = ops::lane_sum2(drow, prow, |a, b| a * b);
+                for (a, &b) in drow.iter_mut().zip(prow) {
+                    *a = b * (*a - dot);
+                }
+            }
+            // dQ = scale dS K ; dK = scale dS^T Q
+            mm(
+                t,
+                dh,
+                t,
+                dbase.add(li * dh),
+                (w as isize, 1),
+                ds.as_ptr(),
+                (t as isize, 1),
+                base[(nl + li) * dh..].as_ptr(),
+                (w as isize, 1),
+                scale,
+                false,
+                Parallelism::None,
+            );
+            mm(
+                t,
+                dh,
+                t,
+                dbase.add((nl + li) * dh),
+                (w as isize, 1),
+                ds.as_ptr(),
+                (1, t as isize),
+                base[li * dh..].as_ptr(),
+                (w as isize, 1),
+                scale,
+                false,
+                Parallelism::None,
+            );
+        }
+    });
+    dq
 }
 
 impl candle_core::CustomOp2 for AttentionGrad {
@@ -700,13 +713,15 @@ impl candle_core::CustomOp2 for AttentionGrad {
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("attention probabilities missing".into()))?;
         let st = match (qs.dtype(), probs) {
-            (DType::F32, CpuStorage::F32(p)) => <f32 as ops::Float>::store(self.go::<f32>(
+            (DType::F32, CpuStorage::F32(p)) => <f32 as ops::Float>::store(attention_bwd::<f32>(
+                self.s,
                 slice(qs, ql, "attention qkv")?,
                 slice(gs, gl, "attention grad")?,
                 &p[..],
                 &g,
             )),
-            (DType::F64, CpuStorage::F64(p)) => <f64 as ops::Float>::store(self.go::<f64>(
+            (DType::F64, CpuStorage::F64(p)) => <f64 as ops::Float>::store(attention_bwd::<f64>(
+                self.s,
                 slice(qs, ql, "attention qkv")?,
                 slice(gs, gl, "attention grad")?,
                 &p[..],

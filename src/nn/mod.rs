@@ -20,6 +20,7 @@ pub mod block;
 pub mod config;
 pub mod flops;
 pub mod fused;
+pub mod fused_block;
 pub mod layers;
 pub mod ops;
 pub mod stack;

@@ -225,6 +225,87 @@ fn stats<T: Float>(x: &[T], eps: f64) -> (T, T) {
     (mean, T::one() / (var + T::from(eps).unwrap()).sqrt())
 }
 
+/// LayerNorm of each `d`-row of `x` into `out`, rows in parallel when large.
+pub(crate) fn layer_norm_rows<T: Float>(
+    x: &[T],
+    g: &[T],
+    b: &[T],
+    d: usize,
+    eps: f64,
+    out: &mut [T],
+) {
+    rows_mut(out, d, |i, out| {
+        let x = &x[i * d..(i + 1) * d];
+        let (m, r) = stats(x, eps);
+        for j in 0..d {
+            out[j] = (x[j] - m) * r * g[j] + b[j];
+        }
+    });
+}
+
+/// LayerNorm backward over `d`-rows: `dx` (added to what `dx` holds when `accumulate`), and
+/// `[dgamma | dbeta]` into `dgb` (`2 d`, overwritten).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm_grad_rows<T: Float>(
+    x: &[T],
+    g: &[T],
+    dy: &[T],
+    d: usize,
+    eps: f64,
+    dx: &mut [T],
+    accumulate: bool,
+    dgb: &mut [T],
+) {
+    let rows = x.len() / d;
+    let dn = T::from(d).unwrap();
+    // Blocks of rows in parallel: each writes its rows of dx and returns its partial
+    // dgamma / dbeta, summed in block order (independent of the thread count).
+    let block = 64;
+    let partial: Vec<Vec<T>> = dx
+        .par_chunks_mut(block * d)
+        .enumerate()
+        .map(|(bi, dxb)| {
+            let mut acc = vec![T::zero(); 2 * d];
+            // Row scratch so every loop below is a plain elementwise pass or lane sum.
+            let (mut xh, mut dxh) = (vec![T::zero(); d], vec![T::zero(); d]);
+            for (k, dxr) in dxb.chunks_mut(d).enumerate() {
+                let i = bi * block + k;
+                let x = &x[i * d..(i + 1) * d];
+                let dy = &dy[i * d..(i + 1) * d];
+                let (m, r) = stats(x, eps);
+                for j in 0..d {
+                    xh[j] = (x[j] - m) * r;
+                    dxh[j] = dy[j] * g[j];
+                }
+                let s1 = lane_sum(&dxh) / dn;
+                let s2 = lane_sum2(&dxh, &xh, |a, b| a * b) / dn;
+                let (ag, ab) = acc.split_at_mut(d);
+                for j in 0..d {
+                    ag[j] = ag[j] + dy[j] * xh[j];
+                    ab[j] = ab[j] + dy[j];
+                }
+                if accumulate {
+                    for j in 0..d {
+                        dxr[j] = dxr[j] + r * (dxh[j] - s1 - xh[j] * s2);
+                    }
+                } else {
+                    for j in 0..d {
+                        dxr[j] = r * (dxh[j] - s1 - xh[j] * s2);
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    debug_assert_eq!(partial.len(), rows.div_ceil(block));
+    dgb.iter_mut().for_each(|v| *v = T::zero());
+    for acc in partial {
+        for (o, a) in dgb.iter_mut().zip(acc) {
+            *o = *o + a;
+        }
+    }
+}
+
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "attnlab-layer-norm"
@@ -241,14 +322,9 @@ impl CustomOp3 for LayerNorm {
         let d = xl.dims()[xl.dims().len() - 1];
         let eps = self.eps;
         fn go<T: Float>(x: &[T], g: &[T], b: &[T], d: usize, eps: f64) -> CpuStorage {
-            let mut dst = vec![T::zero(); x.len()];
-            rows_mut(&mut dst, d, |i, out| {
-                let x = &x[i * d..(i + 1) * d];
-                let (m, r) = stats(x, eps);
-                for j in 0..d {
-                    out[j] = (x[j] - m) * r * g[j] + b[j];
-                }
-            });
+            // SAFETY: layer_norm_rows writes every element.
+            let mut dst = unsafe { crate::nn::fused::uninit(x.len()) };
+            layer_norm_rows(x, g, b, d, eps, &mut dst);
             T::store(dst)
         }
         let st = match (xs, gs, bs) {
@@ -310,47 +386,10 @@ impl CustomOp3 for LayerNormGrad {
         let eps = self.eps;
         fn go<T: Float>(x: &[T], g: &[T], dy: &[T], d: usize, eps: f64) -> CpuStorage {
             let n = x.len();
-            let rows = n / d;
-            let mut out = vec![T::zero(); n + 2 * d];
+            // SAFETY: layer_norm_grad_rows writes all of dx (accumulate = false) and of rest.
+            let mut out = unsafe { crate::nn::fused::uninit(n + 2 * d) };
             let (dx, rest) = out.split_at_mut(n);
-            let dn = T::from(d).unwrap();
-            // Blocks of rows in parallel: each writes its rows of dx and returns its partial
-            // dgamma / dbeta, summed in block order (independent of the thread count).
-            let block = 64;
-            let partial: Vec<Vec<T>> = dx
-                .par_chunks_mut(block * d)
-                .enumerate()
-                .map(|(bi, dxb)| {
-                    let mut acc = vec![T::zero(); 2 * d];
-                    // Row scratch so every loop below is a plain elementwise pass or lane sum.
-                    let (mut xh, mut dxh) = (vec![T::zero(); d], vec![T::zero(); d]);
-                    for (k, dxr) in dxb.chunks_mut(d).enumerate() {
-                        let i = bi * block + k;
-                        let x = &x[i * d..(i + 1) * d];
-                        let dy = &dy[i * d..(i + 1) * d];
-                        let (m, r) = stats(x, eps);
-                        for j in 0..d {
-                            xh[j] = (x[j] - m) * r;
-                            dxh[j] = dy[j] * g[j];
-                        }
-                        let s1 = lane_sum(&dxh) / dn;
-                        let s2 = lane_sum2(&dxh, &xh, |a, b| a * b) / dn;
-                        let (ag, ab) = acc.split_at_mut(d);
-                        for j in 0..d {
-                            ag[j] = ag[j] + dy[j] * xh[j];
-                            ab[j] = ab[j] + dy[j];
-                            dxr[j] = r * (dxh[j] - s1 - xh[j] * s2);
-                        }
-                    }
-                    acc
-                })
-                .collect();
-            debug_assert_eq!(partial.len(), rows.div_ceil(block));
-            for acc in partial {
-                for (o, a) in rest.iter_mut().zip(acc) {
-                    *o = *o + a;
-                }
-            }
+            layer_norm_grad_rows(x, g, dy, d, eps, dx, false, rest);
             T::store(out)
         }
         let st = match (xs, gs, dys) {
@@ -551,30 +590,42 @@ const CHUNK: usize = 4096;
 
 /// `gelu` of every element, in parallel chunks when large.
 pub(crate) fn gelu_vec<T: Erf>(x: &[T]) -> Vec<T> {
-    let mut dst = vec![T::zero(); x.len()];
+    // SAFETY: gelu_into writes every element.
+    let mut dst = unsafe { crate::nn::fused::uninit(x.len()) };
+    gelu_into(x, &mut dst);
+    dst
+}
+
+/// `out = gelu(x)` elementwise, in parallel chunks when large.
+pub(crate) fn gelu_into<T: Erf>(x: &[T], out: &mut [T]) {
     let body =
         |(i, out): (usize, &mut [T])| T::gelu_chunk(&x[i * CHUNK..i * CHUNK + out.len()], out);
     if x.len() >= PAR_MIN {
-        dst.par_chunks_mut(CHUNK).enumerate().for_each(body);
+        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
     } else {
-        dst.chunks_mut(CHUNK).enumerate().for_each(body);
+        out.chunks_mut(CHUNK).enumerate().for_each(body);
     }
-    dst
 }
 
 /// `g * gelu'(x)` elementwise, in parallel chunks when large.
 pub(crate) fn gelu_grad_mul_vec<T: Erf>(x: &[T], g: &[T]) -> Vec<T> {
-    let mut dst = vec![T::zero(); x.len()];
+    // SAFETY: gelu_grad_mul_into writes every element.
+    let mut dst = unsafe { crate::nn::fused::uninit(x.len()) };
+    gelu_grad_mul_into(x, g, &mut dst);
+    dst
+}
+
+/// `out = g * gelu'(x)` elementwise, in parallel chunks when large.
+pub(crate) fn gelu_grad_mul_into<T: Erf>(x: &[T], g: &[T], out: &mut [T]) {
     let body = |(i, out): (usize, &mut [T])| {
         let r = i * CHUNK..i * CHUNK + out.len();
         T::gelu_grad_mul_chunk(&x[r.clone()], &g[r], out)
     };
     if x.len() >= PAR_MIN {
-        dst.par_chunks_mut(CHUNK).enumerate().for_each(body);
+        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
     } else {
-        dst.chunks_mut(CHUNK).enumerate().for_each(body);
+        out.chunks_mut(CHUNK).enumerate().for_each(body);
     }
-    dst
 }
 
 /// Branch-free f32 GELU and its derivative, compiled once plainly and once for AVX2 + FMA

@@ -37,11 +37,16 @@ pub fn fused_and_composed_agree(cfg: &TransformerConfig, b: usize, t: usize) {
     let toks = Tensor::from_vec(toks, (b, t), &Device::Cpu).unwrap();
     let allowed: Vec<u8> = (0..b * t * t).map(|i| (i % 5 != 1) as u8).collect();
     let mask = AttnMask::Allowed(Tensor::from_vec(allowed, (b, t, t), &Device::Cpu).unwrap());
-    let pat = (cfg.fixed_heads > 0).then(|| {
-        let v: Vec<f64> = (0..b * t * t)
-            .map(|i| ((i % t) == (i / t) % t) as u8 as f64)
+    // Fixed head k attends from each position to the one k places on (wrapping).
+    let nf = cfg.fixed_heads;
+    let pat = (nf > 0).then(|| {
+        let v: Vec<f64> = (0..b * nf * t * t)
+            .map(|i| {
+                let (k, q, key) = ((i / (t * t)) % nf, (i / t) % t, i % t);
+                (key == (q + k) % t) as u8 as f64
+            })
             .collect();
-        Tensor::from_vec(v, (b, 1, t, t), &Device::Cpu).unwrap()
+        Tensor::from_vec(v, (b, nf, t, t), &Device::Cpu).unwrap()
     });
     let run = |on: bool| {
         fused::set_enabled(on);
