@@ -448,6 +448,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .build_global();
     crate::nn::fused::set_enabled(!a.unfused);
     crate::nn::tune_allocator();
+    crate::nn::tune_candle_threads();
     let gemm = super::blas::chosen();
     let core = super::blas::openblas_core();
     let peak_crate = gemm_peak_gflops()?;

@@ -50,6 +50,25 @@ pub fn tune_allocator() {
     });
 }
 
+/// Keeps candle's own elementwise thread pool to the calling thread, unless `CANDLE_NUM_THREADS`
+/// is set.
+///
+/// candle 0.11 runs large elementwise ops (here mostly the gradient sums of its backward pass)
+/// on a pool of extra threads that spin for about a millisecond after each op, and the caller
+/// spins until they finish. Beside rayon's workers (the fused kernels, OpenBLAS row blocks) that
+/// is more spinning threads than cores: on the 2-core benchmark machine the decoder spent a
+/// quarter of its time in that wait, and any other process on the machine made it worse. With
+/// no pool threads those ops run inline. It must run before candle's first large elementwise
+/// op (the pool is built once); called by [`Transformer::build`] and `attnlab bench`; idempotent.
+pub fn tune_candle_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+    });
+}
+
 /// The device models run on: CUDA device 0 with the `cuda` feature, else the CPU.
 pub fn device() -> anyhow::Result<Device> {
     #[cfg(feature = "cuda")]

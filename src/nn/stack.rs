@@ -113,6 +113,7 @@ impl Transformer {
         device: &Device,
     ) -> anyhow::Result<(Self, VarMap)> {
         crate::nn::tune_allocator();
+        crate::nn::tune_candle_threads();
         let vm = VarMap::new();
         let model = Self::new(cfg, VarBuilder::from_varmap(&vm, dtype, device))?;
         init_params(&vm, cfg, seed)?;
