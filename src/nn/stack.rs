@@ -190,10 +190,16 @@ impl Transformer {
         if let Some(ln) = &self.ln_f {
             x = ln.forward(&x)?;
         }
-        let logits = x
-            .reshape((b * t, cfg.d_model))?
-            .matmul(&self.out_w.t()?)?
-            .reshape((b, t, cfg.out()))?;
+        let logits = if crate::nn::fused::supported(&x) {
+            // The fused linear (OpenBLAS where chosen) with a zero bias, instead of candle's
+            // matmul with its transposes and the gemm crate in both passes.
+            let zero = Tensor::zeros(cfg.out(), dtype, dev)?;
+            crate::nn::fused::linear(&x, &self.out_w, &zero)?
+        } else {
+            x.reshape((b * t, cfg.d_model))?
+                .matmul(&self.out_w.t()?)?
+                .reshape((b, t, cfg.out()))?
+        };
         Ok(ForwardOutput {
             logits,
             hidden: x,
