@@ -59,7 +59,7 @@ pub struct BenchConfig {
     pub weight_decay: f64,
 }
 
-/// The three configurations of issue 5.
+/// The three benchmark configurations.
 pub fn configs() -> Vec<BenchConfig> {
     let enc = |name: &str, layers, d| BenchConfig {
         name: name.into(),

@@ -1,4 +1,4 @@
-//! Transformer toolkit on candle (issue 5): encoder/decoder stacks from one block type, pluggable
+//! Transformer toolkit on candle: encoder/decoder stacks from one block type, pluggable
 //! (learned or fixed-pattern) heads, attention capture, caller masks, fused CPU kernels, an exact
 //! FLOP counter and the `attnlab bench` comparison against PyTorch.
 //!
