@@ -1,21 +1,26 @@
 //! Structural grokking on a real trained model (Murty et al. 2023): in-domain accuracy saturates
 //! while generalisation is still below the grokking threshold, and generalisation crosses it
-//! only long afterwards: at twice the saturation step or later (`GrokOnset::is_structural`).
-//! They train CPU presets for 6,000 steps (both together: 9 minutes on 2 cores), so they are ignored
-//! by default:
+//! only long afterwards: at twice the saturation step or later (`GrokOnset::is_structural`); and
+//! at the best depth, grokking holds over seeds by the paper's criterion (final accuracy).
+//! They train CPU presets for 6,000 steps (the first two together: 9 minutes on 2 cores; the
+//! seeds test: three QF depth-8 runs, about 36 minutes of one core), so they are ignored by
+//! default:
 //!
 //! ```sh
 //! cargo test --release --test grokking_experiments -- --ignored
+//! cargo test --release --test grokking_experiments -- --ignored question_formation_best_depth
 //! ```
 
 use attnlab::config::Preset;
 use attnlab::grokking::config::{GrokkingExperiment, Task};
-use attnlab::grokking::experiments::{train_run, GrokOnset};
+use attnlab::grokking::experiments::{train_run, GrokOnset, RunResult};
 use attnlab::grokking::task::RunData;
 use attnlab::grokking::train::{RunOpts, RunSpec};
 use std::path::Path;
 
-fn assert_structural_grokking(config: &str, task: Task, depth: usize) {
+/// Trains one run of the CPU preset of `config` (in a temporary folder) and returns it with the
+/// preset's grokking threshold.
+fn train_cpu(config: &str, task: Task, depth: usize, seed: u64) -> (RunResult, f64) {
     let exp = GrokkingExperiment::load(Path::new(config)).unwrap();
     let settings = exp.cpu;
     let data = RunData::new(task, &settings).unwrap();
@@ -27,7 +32,7 @@ fn assert_structural_grokking(config: &str, task: Task, depth: usize) {
         preset: Preset::Cpu,
         settings: &settings,
         depth,
-        seed: 0,
+        seed,
     };
     let opts = RunOpts {
         dir: dir.path().to_path_buf(),
@@ -36,7 +41,11 @@ fn assert_structural_grokking(config: &str, task: Task, depth: usize) {
         device: &device,
     };
     let r = train_run(&spec, &data, &opts).unwrap();
-    let thr = settings.eval.grok_threshold;
+    (r, settings.eval.grok_threshold)
+}
+
+fn assert_structural_grokking(config: &str, task: Task, depth: usize) {
+    let (r, thr) = train_cpu(config, task, depth, 0);
     let curve: Vec<(usize, f64, f64)> = r
         .curve
         .iter()
@@ -66,4 +75,33 @@ fn dyck_depth4_generalises_long_after_in_domain_saturates() {
 #[ignore = "trains the question-formation CPU preset for 6,000 steps (about 3 minutes)"]
 fn question_formation_depth4_generalises_long_after_in_domain_saturates() {
     assert_structural_grokking("experiments/grokking/question_formation.toml", Task::Qf, 4);
+}
+
+/// The paper's criterion over seeds: at the best depth, most seeds end with generalisation above
+/// the threshold (QF 6 layers: 20 of 20). At the CPU scale the best QF depth is 8 (3 of 3 seeds
+/// reach 0.8, 2 of 3 end there; depth 6 ends there in 0 of 3: paper_notes.md section 3), so this
+/// asserts at least 2 of 3 seeds at depth 8 by final accuracy, and reports both criteria.
+#[test]
+#[ignore = "trains three question-formation runs at depth 8 for 6,000 steps (about 36 minutes of one core)"]
+fn question_formation_best_depth_groks_in_most_seeds() {
+    let depth = 8;
+    let mut finals = Vec::new();
+    let mut ever = 0;
+    for seed in 0..3 {
+        let (r, thr) = train_cpu(
+            "experiments/grokking/question_formation.toml",
+            Task::Qf,
+            depth,
+            seed,
+        );
+        let fin = r.curve.last().expect("a run with no evaluation").gen_acc;
+        ever += usize::from(r.curve.iter().any(|e| e.gen_acc >= thr));
+        finals.push((fin, thr));
+    }
+    let by_final = finals.iter().filter(|(f, thr)| f >= thr).count();
+    assert!(
+        by_final >= 2,
+        "only {by_final} of 3 seeds at depth {depth} end with generalisation >= the threshold \
+         (final accuracies {finals:?}; {ever} of 3 reached it at some evaluation)"
+    );
 }

@@ -254,6 +254,9 @@ fn measure_one(c: &Claim, ev: &Evidence) -> Result<Measured> {
         ("ti", "tscore-paper-depth-above-shallow") => tscore_gap(ev, task, 4, 2),
         ("qf", "groks-over-seeds") => final_fraction(ev, task, 6),
         ("ti", "groks-over-seeds") => final_fraction(ev, task, 4),
+        ("qf" | "ti", "groks-over-seeds-at-best-depth") => {
+            final_fraction(ev, task, ev.task(task)?.best_depth())
+        }
         ("ti", "inverted-u-shallow-side") => fraction_gap(ev, task, 4, &[2]),
         ("ti", "inverted-u-peak-at-4") => fraction_gap(ev, task, 4, &[6]),
         ("ti", "inverted-u-deep-never-groks") => {

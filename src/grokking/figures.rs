@@ -1,4 +1,4 @@
-//! The structural-grokking figures of `attnlab figures` (issue 7), four per task (Dyck, question
+//! The structural-grokking figures of `attnlab figures`, four per task (Dyck, question
 //! formation, tense inflection; no tparseval for Dyck, which has no gold trees):
 //!
 //! - `<task>_accuracy`: in-domain and generalisation accuracy over steps (log x), mean and
