@@ -82,7 +82,10 @@ impl LegoExperiment {
                 require(
                     r.fixed_local.saturating_add(r.fixed_association) <= p.model.heads,
                     "runs",
-                    format!("run `{}`: more fixed heads than {name}.model.heads", r.label),
+                    format!(
+                        "run `{}`: more fixed heads than {name}.model.heads",
+                        r.label
+                    ),
                 )?;
             }
         }
