@@ -97,14 +97,19 @@ pub fn per_position_summary(runs: &[RunResult]) -> serde_json::Value {
     for l in labels(runs) {
         let xs = of_label(runs, &l);
         let n = xs[0].per_position.len();
-        let v: Vec<f64> = (0..n)
-            .map(|k| {
-                round3(mean(
-                    &xs.iter().map(|r| r.per_position[k]).collect::<Vec<_>>(),
-                ))
-            })
+        let at = |k: usize| xs.iter().map(|r| r.per_position[k]).collect::<Vec<_>>();
+        let v: Vec<f64> = (0..n).map(|k| round3(mean(&at(k)))).collect();
+        // the spread over seeds, as the bands of the figure
+        let lo: Vec<f64> = (0..n)
+            .map(|k| round3(at(k).into_iter().fold(f64::INFINITY, f64::min)))
             .collect();
-        m.insert(l, json!({ "seeds": xs.len(), "per_position_mean": v }));
+        let hi: Vec<f64> = (0..n)
+            .map(|k| round3(at(k).into_iter().fold(f64::NEG_INFINITY, f64::max)))
+            .collect();
+        m.insert(
+            l,
+            json!({ "seeds": xs.len(), "per_position_mean": v, "per_position_min": lo, "per_position_max": hi }),
+        );
     }
     serde_json::Value::Object(m)
 }

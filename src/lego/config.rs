@@ -219,6 +219,12 @@ pub struct RunSpec {
     pub label: String,
     pub arch: Arch,
     pub init: Init,
+    /// Heads per layer replaced by the fixed local map (as in `lego_attention`; default 0).
+    #[serde(default)]
+    pub fixed_local: usize,
+    /// Heads per layer replaced by the fixed association map (default 0).
+    #[serde(default)]
+    pub fixed_association: usize,
 }
 
 /// Training regimes and test variants of the shortcut study.

@@ -27,7 +27,10 @@ pub fn expand_runs(exp: &LegoExperiment, preset: &Preset, seeds: &[u64]) -> Resu
         | ExperimentKind::HeadAnalysis => {
             for r in &exp.runs {
                 for &s in seeds {
-                    runs.push(LegoRun::new(&r.label, r.arch, r.init, s));
+                    let mut run = LegoRun::new(&r.label, r.arch, r.init, s);
+                    run.fixed_local = r.fixed_local;
+                    run.fixed_association = r.fixed_association;
+                    runs.push(run);
                 }
             }
         }

@@ -194,7 +194,7 @@ fn mimicking(ctx: &FigureContext) -> Result<FigureOutput> {
     }
     summary.insert("runs".into(), per_position_summary(&r.results));
     let mut charts = vec![per_position_chart(
-        "random vs mimicking initialisation",
+        "random vs mimicking init vs fixed local + association heads",
         &r.results,
         r.train_vars,
         &|l| l.to_string(),

@@ -77,6 +77,18 @@ impl LegoExperiment {
             "runs",
             "this kind of experiment compares models: add [[runs]] entries",
         )?;
+        for r in &self.runs {
+            for (name, p) in self.presets() {
+                require(
+                    r.fixed_local.saturating_add(r.fixed_association) <= p.model.heads,
+                    "runs",
+                    format!(
+                        "run `{}`: more fixed heads than {name}.model.heads",
+                        r.label
+                    ),
+                )?;
+            }
+        }
         if self.runs.iter().any(|r| r.init == Init::Mimic) {
             for (name, p) in self.presets() {
                 require(
