@@ -192,10 +192,43 @@ impl<F: Real> ExactTransformer<F> {
         let (d, de) = (self.d, self.de);
         let u = self.query_times_w(batch);
         let inv_n = F::of(1.0 / n as f64);
-        // Per example: G_b = sum_i g_i z_i, (D,), and the loss.
-        let rows: Vec<(Array1<F>, F)> = (0..n)
+        let mut gmat = Array2::zeros((n, d + de));
+        let mut losses = vec![F::zero(); n];
+        match (
+            batch.x.as_slice(),
+            batch.p.as_slice(),
+            batch.target.as_slice(),
+            u.as_slice(),
+        ) {
+            (Some(x), Some(p), Some(t), Some(u)) => {
+                let gm = gmat.as_slice_mut().expect("fresh array");
+                example_grads(x, p, t, u, (batch.x.dim().1, d, de), gm, &mut losses);
+            }
+            _ => self.example_grads_strided(batch, &u, &mut gmat, &mut losses),
+        }
+        let loss = losses.iter().fold(F::zero(), |a, &l| a + l);
+        // the per-example gradients carry the 2/n of the mean loss
+        gmat.mapv_inplace(|v| v * F::of(2.0) * inv_n);
+        let mut grad = Array2::zeros((d + de, d + de));
+        grad.slice_mut(s![d.., ..]).assign(&batch.s.t().dot(&gmat));
+        (loss * inv_n, grad, losses)
+    }
+
+    /// The per-example loop on any memory layout: `G_b = sum_i g_i z_i` (without the 2/n) into the
+    /// rows of `gmat`, the losses into `losses`.
+    fn example_grads_strided(
+        &self,
+        batch: &Batch<F>,
+        u: &Array2<F>,
+        gmat: &mut Array2<F>,
+        losses: &mut [F],
+    ) {
+        let d = self.d;
+        gmat.axis_iter_mut(Axis(0))
             .into_par_iter()
-            .map(|b| {
+            .zip(losses.par_iter_mut())
+            .enumerate()
+            .for_each(|(b, (mut gz, loss))| {
                 let xb = batch.x.index_axis(Axis(0), b);
                 let pb = batch.p.index_axis(Axis(0), b);
                 let alpha = self.example_attention(batch, u.row(b), b);
@@ -203,27 +236,13 @@ impl<F: Real> ExactTransformer<F> {
                 let e = &f - &batch.target.row(b);
                 let h = xb.dot(&e);
                 let fe = f.dot(&e);
-                let two = F::of(2.0) * inv_n;
                 let g = Zip::from(&alpha)
                     .and(&h)
-                    .map_collect(|&a, &hi| two * a * (hi - fe));
-                let mut gz = Array1::zeros(d + de);
+                    .map_collect(|&a, &hi| a * (hi - fe));
                 gz.slice_mut(s![..d]).assign(&xb.t().dot(&g));
                 gz.slice_mut(s![d..]).assign(&pb.t().dot(&g));
-                (gz, e.dot(&e))
-            })
-            .collect();
-        let mut gmat = Array2::zeros((n, d + de));
-        let mut loss = F::zero();
-        let mut losses = Vec::with_capacity(n);
-        for (b, (gz, l)) in rows.into_iter().enumerate() {
-            gmat.row_mut(b).assign(&gz);
-            loss = loss + l;
-            losses.push(l);
-        }
-        let mut grad = Array2::zeros((d + de, d + de));
-        grad.slice_mut(s![d.., ..]).assign(&batch.s.t().dot(&gmat));
-        (loss * inv_n, grad, losses)
+                *loss = e.dot(&e);
+            });
     }
 
     /// One gradient-descent step `W <- W - lr * grad`; returns the loss before the step.
@@ -237,4 +256,182 @@ impl<F: Real> ExactTransformer<F> {
 /// Attention mass on the selected tokens per example, `(batch,)`.
 pub fn selected_mass<F: Real>(attn: &Array2<F>, sel: &Array2<F>) -> Array1<f64> {
     (attn * sel).sum_axis(Axis(1)).mapv(|v| v.f64())
+}
+
+/// Examples per rayon task of [`example_grads`]: 256-example batches split into 16 tasks.
+const EXAMPLES_PER_TASK: usize = 16;
+
+/// The per-example loop of the gradient on contiguous (row-major) batches, one pass over each
+/// example's tokens and encodings while they sit in L1: the generic ndarray loop spent most of
+/// its time in per-example allocations and small `dot` calls, not in arithmetic.
+/// `x` is `(n, T, d)`, `p` `(n, T, d_e)`, `t` `(n, d)`, `u` `(n, D)` (dims `(T, d, d_e)`); writes `sum_i a_i (x_i.e -
+/// f.e) z_i` into the rows of `gmat` `(n, D)` and `||f - t||^2` into `losses`.
+fn example_grads<F: Real>(
+    x: &[F],
+    p: &[F],
+    t: &[F],
+    u: &[F],
+    (tt, d, de): (usize, usize, usize),
+    gmat: &mut [F],
+    losses: &mut [F],
+) {
+    let dd = d + de;
+    gmat.par_chunks_mut(EXAMPLES_PER_TASK * dd)
+        .zip(losses.par_chunks_mut(EXAMPLES_PER_TASK))
+        .enumerate()
+        .for_each(|(c, (gm, ls))| {
+            let mut scratch = Scratch::new(tt, d);
+            for (k, (gz, loss)) in gm.chunks_exact_mut(dd).zip(ls.iter_mut()).enumerate() {
+                let b = c * EXAMPLES_PER_TASK + k;
+                let ex = Example {
+                    x: &x[b * tt * d..(b + 1) * tt * d],
+                    p: &p[b * tt * de..(b + 1) * tt * de],
+                    t: &t[b * d..(b + 1) * d],
+                    u: &u[b * dd..(b + 1) * dd],
+                    d,
+                    de,
+                };
+                *loss = example_grad_dispatch(&ex, &mut scratch, gz);
+            }
+        });
+}
+
+/// One example's rows.
+struct Example<'a, F> {
+    x: &'a [F],
+    p: &'a [F],
+    t: &'a [F],
+    u: &'a [F],
+    d: usize,
+    de: usize,
+}
+
+/// Buffers reused across the examples of one task.
+struct Scratch<F> {
+    a: Vec<F>,
+    f: Vec<F>,
+    e: Vec<F>,
+}
+
+impl<F: Real> Scratch<F> {
+    fn new(t: usize, d: usize) -> Self {
+        Self {
+            a: vec![F::zero(); t],
+            f: vec![F::zero(); d],
+            e: vec![F::zero(); d],
+        }
+    }
+}
+
+/// [`example_grad`] compiled for AVX2 + FMA where the CPU has them. The arithmetic is the same
+/// sequence of operations on every path (Rust does not contract into FMA), so the numbers do not
+/// depend on the machine.
+fn example_grad_dispatch<F: Real>(ex: &Example<F>, s: &mut Scratch<F>, gz: &mut [F]) -> F {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { example_grad_avx2(ex, s, gz) };
+    }
+    example_grad(ex, s, gz)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn example_grad_avx2<F: Real>(ex: &Example<F>, s: &mut Scratch<F>, gz: &mut [F]) -> F {
+    example_grad(ex, s, gz)
+}
+
+/// Loss and `sum_i a_i (x_i.e - f.e) z_i` of one example (see the module doc).
+#[inline(always)]
+fn example_grad<F: Real>(ex: &Example<F>, s: &mut Scratch<F>, gz: &mut [F]) -> F {
+    let (d, de) = (ex.d, ex.de);
+    let (ux, up) = ex.u.split_at(d);
+    // four rows at a time: four independent chains of additions instead of one
+    let quads = s.a.len() / 4 * 4;
+    for i in (0..quads).step_by(4) {
+        let sx = dot4(&ex.x[i * d..(i + 4) * d], ux);
+        let sp = dot4(&ex.p[i * de..(i + 4) * de], up);
+        for k in 0..4 {
+            s.a[i + k] = sx[k] + sp[k];
+        }
+    }
+    for i in quads..s.a.len() {
+        s.a[i] = dot(&ex.x[i * d..(i + 1) * d], ux) + dot(&ex.p[i * de..(i + 1) * de], up);
+    }
+    let m = s.a.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
+    let mut z = F::zero();
+    for v in s.a.iter_mut() {
+        *v = (*v - m).exp();
+        z = z + *v;
+    }
+    s.f.iter_mut().for_each(|v| *v = F::zero());
+    for (i, a) in s.a.iter_mut().enumerate() {
+        *a = *a / z;
+        axpy(*a, &ex.x[i * d..(i + 1) * d], &mut s.f);
+    }
+    for ((e, &f), &t) in s.e.iter_mut().zip(&s.f).zip(ex.t) {
+        *e = f - t;
+    }
+    let fe = dot(&s.f, &s.e);
+    gz.iter_mut().for_each(|v| *v = F::zero());
+    let (gx, gp) = gz.split_at_mut(d);
+    for (i, &a) in s.a.iter().enumerate() {
+        let xi = &ex.x[i * d..(i + 1) * d];
+        let g = a * (dot(xi, &s.e) - fe);
+        axpy(g, xi, gx);
+        axpy(g, &ex.p[i * de..(i + 1) * de], gp);
+    }
+    dot(&s.e, &s.e)
+}
+
+/// `sum_k a_k b_k` with eight running sums (so that it vectorises; the order is fixed).
+#[inline(always)]
+fn dot<F: Real>(a: &[F], b: &[F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] = acc[k] + x[k] * y[k];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s = s + *x * *y;
+    }
+    s
+}
+
+/// [`dot`] of four consecutive rows of `rows` (each `v.len()` long) with `v`: the same order of
+/// operations per row as [`dot`].
+#[inline(always)]
+fn dot4<F: Real>(rows: &[F], v: &[F]) -> [F; 4] {
+    let n = v.len();
+    let mut acc = [[F::zero(); 8]; 4];
+    let full = n / 8 * 8;
+    for j in (0..full).step_by(8) {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let row = &rows[r * n + j..r * n + j + 8];
+            for k in 0..8 {
+                a[k] = a[k] + row[k] * v[j + k];
+            }
+        }
+    }
+    let mut out = [F::zero(); 4];
+    for (r, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
+        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for j in full..n {
+            s = s + rows[r * n + j] * v[j];
+        }
+        *o = s;
+    }
+    out
+}
+
+/// `y += a x`.
+#[inline(always)]
+fn axpy<F: Real>(a: F, x: &[F], y: &mut [F]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = *y + a * x;
+    }
 }
