@@ -181,6 +181,23 @@ fn claim(name: &str, src: &dyn Source) -> Result<Measured> {
                 ),
             )
         }
+        "fixed-heads-deepest-position" => {
+            let last = |label: &str, s: u64| -> Result<f64> {
+                let p = src.per_position(label, s)?;
+                Ok(p[src.train_vars().min(p.len()).max(1) - 1])
+            };
+            let f = per_seed(&|s| last(BERT_FIXED, s))?;
+            let r = per_seed(&|s| last(BERT, s))?;
+            let v = f
+                .iter()
+                .zip(&r)
+                .map(|(f, r)| (f - LEARNED).min(LEARNED - r))
+                .collect();
+            (
+                v,
+                format!("deepest supervised position: fixed heads {f:.3?}, random init {r:.3?}"),
+            )
+        }
         "mimicking-installs-heads" => {
             let v = per_seed(&|s| {
                 let h = src.heads(MIMIC, "mimicked", s)?;
