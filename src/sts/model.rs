@@ -346,17 +346,28 @@ unsafe fn example_grad_avx2<F: Real>(ex: &Example<F>, s: &mut Scratch<F>, gz: &m
 fn example_grad<F: Real>(ex: &Example<F>, s: &mut Scratch<F>, gz: &mut [F]) -> F {
     let (d, de) = (ex.d, ex.de);
     let (ux, up) = ex.u.split_at(d);
-    // four rows at a time: four independent chains of additions instead of one
-    let quads = s.a.len() / 4 * 4;
-    for i in (0..quads).step_by(4) {
-        let sx = dot4(&ex.x[i * d..(i + 4) * d], ux);
-        let sp = dot4(&ex.p[i * de..(i + 4) * de], up);
+    // four rows at a time: four independent chains of additions instead of one, and one pass
+    // over the accumulator for four rank-1 updates
+    let quads = s.a.len() / 4;
+    let (xq, xr) = ex.x.split_at(quads * 4 * d);
+    let (pq, pr) = ex.p.split_at(quads * 4 * de);
+    let (aq, ar) = s.a.split_at_mut(quads * 4);
+    for ((a, x), p) in aq
+        .chunks_exact_mut(4)
+        .zip(xq.chunks_exact(4 * d))
+        .zip(pq.chunks_exact(4 * de))
+    {
+        let (sx, sp) = (dot4(x, ux), dot4(p, up));
         for k in 0..4 {
-            s.a[i + k] = sx[k] + sp[k];
+            a[k] = sx[k] + sp[k];
         }
     }
-    for i in quads..s.a.len() {
-        s.a[i] = dot(&ex.x[i * d..(i + 1) * d], ux) + dot(&ex.p[i * de..(i + 1) * de], up);
+    for ((a, x), p) in ar
+        .iter_mut()
+        .zip(xr.chunks_exact(d))
+        .zip(pr.chunks_exact(de))
+    {
+        *a = dot(x, ux) + dot(p, up);
     }
     let m = s.a.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
     let mut z = F::zero();
@@ -364,10 +375,13 @@ fn example_grad<F: Real>(ex: &Example<F>, s: &mut Scratch<F>, gz: &mut [F]) -> F
         *v = (*v - m).exp();
         z = z + *v;
     }
+    s.a.iter_mut().for_each(|v| *v = *v / z);
     s.f.iter_mut().for_each(|v| *v = F::zero());
-    for (i, a) in s.a.iter_mut().enumerate() {
-        *a = *a / z;
-        axpy(*a, &ex.x[i * d..(i + 1) * d], &mut s.f);
+    for (a, x) in s.a.chunks_exact(4).zip(xq.chunks_exact(4 * d)) {
+        axpy4([a[0], a[1], a[2], a[3]], x, &mut s.f);
+    }
+    for (&a, x) in s.a[quads * 4..].iter().zip(xr.chunks_exact(d)) {
+        axpy(a, x, &mut s.f);
     }
     for ((e, &f), &t) in s.e.iter_mut().zip(&s.f).zip(ex.t) {
         *e = f - t;
@@ -375,11 +389,24 @@ fn example_grad<F: Real>(ex: &Example<F>, s: &mut Scratch<F>, gz: &mut [F]) -> F
     let fe = dot(&s.f, &s.e);
     gz.iter_mut().for_each(|v| *v = F::zero());
     let (gx, gp) = gz.split_at_mut(d);
-    for (i, &a) in s.a.iter().enumerate() {
-        let xi = &ex.x[i * d..(i + 1) * d];
-        let g = a * (dot(xi, &s.e) - fe);
-        axpy(g, xi, gx);
-        axpy(g, &ex.p[i * de..(i + 1) * de], gp);
+    for ((a, x), p) in
+        s.a.chunks_exact(4)
+            .zip(xq.chunks_exact(4 * d))
+            .zip(pq.chunks_exact(4 * de))
+    {
+        let h = dot4(x, &s.e);
+        let g = [0, 1, 2, 3].map(|k| a[k] * (h[k] - fe));
+        axpy4(g, x, gx);
+        axpy4(g, p, gp);
+    }
+    for ((&a, x), p) in s.a[quads * 4..]
+        .iter()
+        .zip(xr.chunks_exact(d))
+        .zip(pr.chunks_exact(de))
+    {
+        let g = a * (dot(x, &s.e) - fe);
+        axpy(g, x, gx);
+        axpy(g, p, gp);
     }
     dot(&s.e, &s.e)
 }
@@ -407,25 +434,47 @@ fn dot<F: Real>(a: &[F], b: &[F]) -> F {
 #[inline(always)]
 fn dot4<F: Real>(rows: &[F], v: &[F]) -> [F; 4] {
     let n = v.len();
+    let (r0, rest) = rows.split_at(n);
+    let (r1, rest) = rest.split_at(n);
+    let (r2, r3) = rest.split_at(n);
+    let r3 = &r3[..n];
     let mut acc = [[F::zero(); 8]; 4];
-    let full = n / 8 * 8;
-    for j in (0..full).step_by(8) {
-        for (r, a) in acc.iter_mut().enumerate() {
-            let row = &rows[r * n + j..r * n + j + 8];
-            for k in 0..8 {
-                a[k] = a[k] + row[k] * v[j + k];
-            }
+    let chunks = r0
+        .chunks_exact(8)
+        .zip(r1.chunks_exact(8))
+        .zip(r2.chunks_exact(8))
+        .zip(r3.chunks_exact(8))
+        .zip(v.chunks_exact(8));
+    for ((((c0, c1), c2), c3), cv) in chunks {
+        for k in 0..8 {
+            acc[0][k] = acc[0][k] + c0[k] * cv[k];
+            acc[1][k] = acc[1][k] + c1[k] * cv[k];
+            acc[2][k] = acc[2][k] + c2[k] * cv[k];
+            acc[3][k] = acc[3][k] + c3[k] * cv[k];
         }
     }
+    let full = n / 8 * 8;
     let mut out = [F::zero(); 4];
-    for (r, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
+    for ((o, a), r) in out.iter_mut().zip(&acc).zip([r0, r1, r2, r3]) {
         let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-        for j in full..n {
-            s = s + rows[r * n + j] * v[j];
+        for (x, y) in r[full..].iter().zip(&v[full..]) {
+            s = s + *x * *y;
         }
         *o = s;
     }
     out
+}
+
+/// `y += (a0 r0 + a1 r1) + (a2 r2 + a3 r3)` for four consecutive rows `r` of `rows`.
+#[inline(always)]
+fn axpy4<F: Real>(a: [F; 4], rows: &[F], y: &mut [F]) {
+    let n = y.len();
+    let (r0, rest) = rows.split_at(n);
+    let (r1, rest) = rest.split_at(n);
+    let (r2, r3) = rest.split_at(n);
+    for ((((y, &x0), &x1), &x2), &x3) in y.iter_mut().zip(r0).zip(r1).zip(r2).zip(&r3[..n]) {
+        *y = *y + ((a[0] * x0 + a[1] * x1) + (a[2] * x2 + a[3] * x3));
+    }
 }
 
 /// `y += a x`.
