@@ -65,6 +65,12 @@ fn ext(src: &dyn Source, label: &str, seed: u64) -> Result<f64> {
     Ok(mean(&p[src.train_vars().min(p.len())..]))
 }
 
+/// Accuracy at the last supervised chain position.
+fn deepest(src: &dyn Source, label: &str, seed: u64) -> Result<f64> {
+    let p = src.per_position(label, seed)?;
+    Ok(p[src.train_vars().min(p.len()).max(1) - 1])
+}
+
 /// Supervised accuracy on chain-ordered minus on shuffled test sentences.
 fn order_gap(src: &dyn Source, label: &str, seed: u64) -> Result<f64> {
     let tv = src.train_vars();
@@ -160,16 +166,11 @@ fn claim(name: &str, src: &dyn Source) -> Result<Measured> {
             )
         }
         "structured-attention-deepest-position" => {
-            let last = |label: &str, s: u64| -> Result<f64> {
-                let p = src.per_position(label, s)?;
-                let i = src.train_vars().min(p.len()).max(1) - 1;
-                Ok(p[i])
-            };
             // depth = chain length (the extrapolation study's models): one layer per hop of the
             // deepest supervised position leaves no slack, and there every init stalls
-            let f = per_seed(&|s| last(BERT_FIXED, s))?;
-            let m = per_seed(&|s| last(MIMIC_DEEP, s))?;
-            let r = per_seed(&|s| last(BERT, s))?;
+            let f = per_seed(&|s| deepest(src, BERT_FIXED, s))?;
+            let m = per_seed(&|s| deepest(src, MIMIC_DEEP, s))?;
+            let r = per_seed(&|s| deepest(src, BERT, s))?;
             // >= 0 iff both structured models reach LEARNED and random init stays below it
             let v = (0..seeds.len())
                 .map(|i| (f[i].min(m[i]) - LEARNED).min(LEARNED - r[i]))
@@ -182,12 +183,8 @@ fn claim(name: &str, src: &dyn Source) -> Result<Measured> {
             )
         }
         "fixed-heads-deepest-position" => {
-            let last = |label: &str, s: u64| -> Result<f64> {
-                let p = src.per_position(label, s)?;
-                Ok(p[src.train_vars().min(p.len()).max(1) - 1])
-            };
-            let f = per_seed(&|s| last(BERT_FIXED, s))?;
-            let r = per_seed(&|s| last(BERT, s))?;
+            let f = per_seed(&|s| deepest(src, BERT_FIXED, s))?;
+            let r = per_seed(&|s| deepest(src, BERT, s))?;
             let v = f
                 .iter()
                 .zip(&r)
