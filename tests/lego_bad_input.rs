@@ -280,6 +280,62 @@ fn non_finite_config_numbers_are_errors_naming_the_field() {
 }
 
 #[test]
+fn text_pretraining_settings_and_a_missing_corpus_are_errors_naming_the_field() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("runs");
+    let out = out.to_str().unwrap();
+    let text_run = |path: &str| {
+        let mut a = train_args(path, out, &[]);
+        a[7] = "bert-text";
+        attnlab(&a)
+    };
+    let cases = [
+        ("mask_prob", "1.5", "pretrain.mask_prob"),
+        ("mask_prob", "0", "pretrain.mask_prob"),
+        ("steps", "0", "pretrain.steps"),
+        ("vocab_words", "0", "pretrain.vocab_words"),
+    ];
+    for (i, (key, value, field)) in cases.into_iter().enumerate() {
+        let path = edited(
+            d.path(),
+            &format!("p{i}.toml"),
+            LE,
+            "tiny.pretrain",
+            key,
+            value,
+        );
+        assert_clean_error(&text_run(&path), 2, &[field], &format!("{key} = {value}"));
+    }
+    assert!(!Path::new(out).exists(), "a refused config started a run");
+    let path = edited(
+        d.path(),
+        "nocorpus.toml",
+        LE,
+        "tiny.pretrain",
+        "corpus",
+        "\"no/such/corpus\"",
+    );
+    assert_clean_error(
+        &text_run(&path),
+        2,
+        &[
+            "pretrain.corpus",
+            "no/such/corpus",
+            "scripts/install-text-corpus",
+        ],
+        "a missing corpus",
+    );
+    // a text-pretrained run needs the section in every preset
+    let full = std::fs::read_to_string(LE).unwrap();
+    let start = full.find("[tiny.pretrain]").unwrap();
+    let end = start + full[start..].find("# ----").unwrap();
+    let path = d.path().join("nosection.toml");
+    std::fs::write(&path, format!("{}{}", &full[..start], &full[end..])).unwrap();
+    let o = attnlab(&["lego", "check-config", path.to_str().unwrap()]);
+    assert_clean_error(&o, 2, &["tiny.pretrain"], "no [tiny.pretrain]");
+}
+
+#[test]
 fn a_huge_learning_rate_fails_the_run_without_nan_in_results() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().to_str().unwrap();

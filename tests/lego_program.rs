@@ -54,6 +54,7 @@ fn preset(n_train: usize, epochs: usize) -> Preset {
             eval_every: 1,
         },
         mimic: None,
+        pretrain: None,
         lego_attention: None,
         convolution: None,
     }

@@ -67,6 +67,7 @@ fn preset(n_var: usize, train_vars: usize, n_train: usize, epochs: usize, batch:
             local_head: 0,
             association_head: 1,
         }),
+        pretrain: None,
         lego_attention: None,
         convolution: None,
     }

@@ -47,6 +47,9 @@ trait Source {
     fn flops(&self, label: &str, seed: u64) -> Result<(u64, [u64; 4])>;
     /// Program accuracy of the convolution study (`linear`, `conv3`).
     fn program(&self, conv: bool, seed: u64) -> Result<f64>;
+    /// Best association and best window locality over the heads of the text-pretrained model
+    /// at `stage`, one value per seed.
+    fn text_heads(&self, stage: &str) -> Result<[Vec<f64>; 2]>;
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -97,6 +100,8 @@ const BERT_FIXED: &str = "bert-fixed";
 const ALBERT_FIXED: &str = "albert-fixed";
 /// Mimicking-initialised BERT of the extrapolation study (depth = chain length; CPU scale only).
 const MIMIC_DEEP: &str = "bert-mimic/deep";
+/// BERT pretrained by masked-LM on English text, of the extrapolation study (CPU scale only).
+const TEXT: &str = "bert-text";
 /// Accuracy that counts as having learned a chain position (structured-attention study).
 const LEARNED: f64 = 0.9;
 /// Supervised accuracy both models need before extrapolation means anything.
@@ -237,6 +242,33 @@ fn claim(name: &str, src: &dyn Source) -> Result<Measured> {
                 format!(
                     "{f} -> {g} FLOPs a sentence ({:.1}% saved)",
                     100.0 * (f - g) as f64 / f as f64
+                ),
+            )
+        }
+        "text-pretraining-helps" => {
+            let t = per_seed(&|s| deepest(src, TEXT, s))?;
+            let r = per_seed(&|s| deepest(src, BERT, s))?;
+            let v = t
+                .iter()
+                .zip(&r)
+                .map(|(t, r)| (t - LEARNED).min(LEARNED - r))
+                .collect();
+            (
+                v,
+                format!(
+                    "deepest supervised position: text-pretrained {t:.3?}, random init {r:.3?}"
+                ),
+            )
+        }
+        "text-pretraining-association-heads" | "text-pretraining-local-heads" => {
+            let k = usize::from(name == "text-pretraining-local-heads");
+            let [a, w] = src.text_heads("pretrained")?;
+            let [a0, w0] = src.text_heads("init")?;
+            let (v, v0) = if k == 0 { (a, a0) } else { (w, w0) };
+            (
+                v.clone(),
+                format!(
+                    "best head per seed after text pretraining {v:.3?}, at random init {v0:.3?}"
                 ),
             )
         }
@@ -454,6 +486,9 @@ impl Source for Quick {
     fn program(&self, _conv: bool, _seed: u64) -> Result<f64> {
         bail!("the program runs are not part of the quick scale")
     }
+    fn text_heads(&self, _stage: &str) -> Result<[Vec<f64>; 2]> {
+        bail!("text pretraining is not part of the quick scale")
+    }
 }
 
 /// The CPU-preset results behind the committed figures (`figures/lego/*.json`).
@@ -473,6 +508,7 @@ fn cpu_label(label: &str) -> Result<(&'static str, &'static str)> {
         ALBERT => ("per_position", "albert-random"),
         BERT_FIXED => ("per_position", "bert-fixed"),
         MIMIC_DEEP => ("per_position", "bert-mimic"),
+        TEXT => ("per_position", "bert-text"),
         ALBERT_FIXED => ("per_position", "albert-fixed"),
         FIXED => ("attention_flops", "1 local + 1 association"),
         MIMIC => ("mimicking", "bert-mimic"),
@@ -493,6 +529,7 @@ impl Figures {
             "shortcuts",
             "head_scores",
             "convolution",
+            "text_pretraining",
         ] {
             let p = ctx.figures.join("lego").join(format!("{name}.json"));
             let text = std::fs::read_to_string(&p).with_context(|| {
@@ -617,5 +654,11 @@ impl Source for Figures {
             "program linear q/k/v"
         };
         self.num("convolution", &[series, "accuracy"])
+    }
+    fn text_heads(&self, stage: &str) -> Result<[Vec<f64>; 2]> {
+        Ok([
+            self.nums("text_pretraining", &[TEXT, stage, "best_association"])?,
+            self.nums("text_pretraining", &[TEXT, stage, "best_window_locality"])?,
+        ])
     }
 }

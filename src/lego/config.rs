@@ -81,6 +81,8 @@ pub struct Preset {
     pub train: TrainConfig,
     /// Mimicking pretraining (kinds that compare a mimicking initialisation).
     pub mimic: Option<MimicConfig>,
+    /// Masked-LM pretraining on text (kinds that compare a text-pretrained initialisation).
+    pub pretrain: Option<TextPretrainConfig>,
     /// Hard-coded heads (`lego_attention`).
     pub lego_attention: Option<LegoAttentionStudy>,
     /// Convolutional query/key/value maps (`convolution`).
@@ -192,6 +194,24 @@ pub struct MimicConfig {
     pub association_head: usize,
 }
 
+/// Masked-LM pretraining of the encoder on English text ([`crate::lego::text_pretrain`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextPretrainConfig {
+    /// A text file or a directory of them, relative to the working directory (the Debian
+    /// package `fortunes`: `/usr/share/games/fortunes`).
+    pub corpus: std::path::PathBuf,
+    /// Most frequent words in the vocabulary besides the specials and LEGO's tokens.
+    pub vocab_words: usize,
+    pub steps: usize,
+    /// Windows of the LEGO sentence length per step.
+    pub batch_size: usize,
+    /// Fraction of text tokens masked (BERT 0.15).
+    pub mask_prob: f64,
+    /// Optimiser and schedule (over all the steps by default).
+    pub optim: OptimConfig,
+}
+
 /// Architecture of a compared model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -210,6 +230,8 @@ pub enum Init {
     Random,
     /// Random, then mimicking pretraining (`[*.mimic]`).
     Mimic,
+    /// Random, then masked-LM pretraining on English text (`[*.pretrain]`).
+    Text,
 }
 
 /// One compared model.

@@ -12,6 +12,7 @@
 //! | `lego/training_curves` | `length_extrapolation.toml` | supervised / extrapolated accuracy over steps |
 //! | `lego/mimicking` | `mimicking.toml` | per position, random vs mimicking init; mimicking loss |
 //! | `lego/head_scores` | `head_analysis.toml` | heatmaps (stage and layer x head) of association and locality |
+//! | `lego/text_pretraining` | `length_extrapolation.toml` | masked-LM loss; per position, text-pretrained vs random vs fixed heads; head-score heatmaps |
 //! | `lego/shortcuts` | `shortcuts.toml` | grouped bars: accuracy per test variant and regime; per position |
 //! | `lego/attention_flops` | `lego_attention.toml` | accuracy vs exact forward FLOPs; per position |
 //! | `lego/convolution` | `convolution.toml` | program accuracy over training; LEGO per position |
@@ -60,6 +61,13 @@ pub fn registered() -> Vec<Figure> {
             what: "Association and window-locality score of every layer/head at init, after mimicking and after LEGO training, beside uniform attention.",
             compute: head_scores,
             config: Some("lego/head_analysis.toml"),
+            check,
+        },
+        Figure {
+            name: "lego/text_pretraining",
+            what: "Masked-LM pretraining on English text as initialisation (study 2): the pretraining loss, LEGO accuracy per chain position against random init and fixed heads, and the head scores before and after pretraining and after LEGO training.",
+            compute: text_pretraining,
+            config: Some("lego/length_extrapolation.toml"),
             check,
         },
         Figure {
@@ -224,50 +232,16 @@ fn head_scores(ctx: &FigureContext) -> Result<FigureOutput> {
             if stage == "init" && i > 0 {
                 continue;
             }
-            let per_seed: Vec<Vec<[f64; 2]>> = xs
-                .iter()
-                .filter_map(|x| x.head_scores.iter().find(|s| s.stage == stage))
-                .map(|s| {
-                    s.scores
-                        .iter()
-                        .flatten()
-                        .map(|h| {
-                            [
-                                h.association.unwrap_or(f64::NAN),
-                                h.window_locality.unwrap_or(f64::NAN),
-                            ]
-                        })
-                        .collect()
-                })
-                .filter(|v: &Vec<[f64; 2]>| v.len() == layers * heads)
-                .collect();
-            if per_seed.is_empty() {
-                continue;
-            }
-            seeds = seeds.max(per_seed.len());
             let name = if stage == "init" {
                 "random init".to_string()
             } else {
                 format!("{l} {stage}")
             };
-            let over_seeds = |k: usize| -> Vec<f64> {
-                (0..layers * heads)
-                    .map(|h| mean(&per_seed.iter().map(|v| v[h][k]).collect::<Vec<_>>()))
-                    .collect()
-            };
-            // the first seed's scores, as the claims ledger reads them
-            summary.insert(
-                name.clone(),
-                json!({
-                    "association": per_seed[0].iter().map(|p| round3(p[0])).collect::<Vec<_>>(),
-                    "window_locality": per_seed[0].iter().map(|p| round3(p[1])).collect::<Vec<_>>(),
-                }),
-            );
-            stages.push(StageHeads {
-                name,
-                association: over_seeds(0),
-                window_locality: over_seeds(1),
-            });
+            if let Some((sh, n)) = stage_heads(&xs, stage, &name, layers * heads) {
+                seeds = seeds.max(n);
+                summary.insert(name, first_seed_scores(&xs, stage));
+                stages.push(sh);
+            }
         }
     }
     summary.insert(
@@ -280,7 +254,187 @@ fn head_scores(ctx: &FigureContext) -> Result<FigureOutput> {
     })
 }
 
-/// One stage's scores of every head, layer-major (`layer * heads + head`), means over seeds.
+/// (association, window locality) of every head at `stage`, per seed that has all `n` heads.
+fn stage_scores(xs: &[&RunResult], stage: &str, n: usize) -> Vec<Vec<[f64; 2]>> {
+    xs.iter()
+        .filter_map(|x| x.head_scores.iter().find(|s| s.stage == stage))
+        .map(|s| {
+            s.scores
+                .iter()
+                .flatten()
+                .map(|h| {
+                    [
+                        h.association.unwrap_or(f64::NAN),
+                        h.window_locality.unwrap_or(f64::NAN),
+                    ]
+                })
+                .collect()
+        })
+        .filter(|v: &Vec<[f64; 2]>| v.len() == n)
+        .collect()
+}
+
+/// The heatmap rows of `stage` as `name`, means over the seeds, and how many seeds.
+fn stage_heads(
+    xs: &[&RunResult],
+    stage: &str,
+    name: &str,
+    n: usize,
+) -> Option<(StageHeads, usize)> {
+    let per_seed = stage_scores(xs, stage, n);
+    if per_seed.is_empty() {
+        return None;
+    }
+    let over_seeds = |k: usize| -> Vec<f64> {
+        (0..n)
+            .map(|h| mean(&per_seed.iter().map(|v| v[h][k]).collect::<Vec<_>>()))
+            .collect()
+    };
+    Some((
+        StageHeads {
+            name: name.to_string(),
+            association: over_seeds(0),
+            window_locality: over_seeds(1),
+        },
+        per_seed.len(),
+    ))
+}
+
+/// The first seed's scores at `stage` (layer-major), as the claims ledger reads them.
+fn first_seed_scores(xs: &[&RunResult], stage: &str) -> serde_json::Value {
+    let n = xs
+        .first()
+        .and_then(|x| x.head_scores.first())
+        .map(|s| s.scores.iter().flatten().count())
+        .unwrap_or(0);
+    let v = stage_scores(xs, stage, n);
+    let first = v.first().cloned().unwrap_or_default();
+    json!({
+        "association": first.iter().map(|p| round3(p[0])).collect::<Vec<_>>(),
+        "window_locality": first.iter().map(|p| round3(p[1])).collect::<Vec<_>>(),
+    })
+}
+
+/// Study 2: masked-LM pretraining on English text as initialisation, beside random init and
+/// the fixed-head model of the same depth: the pretraining loss, accuracy per chain position,
+/// and the head scores the pretraining produced (and what LEGO training made of them).
+fn text_pretraining(ctx: &FigureContext) -> Result<FigureOutput> {
+    let (exp, r) = results(ctx)?;
+    let preset = exp.preset(ctx.preset);
+    let n_var = preset.task.as_ref().map(|t| t.n_var).context("no task")?;
+    let (heads, layers) = (preset.model.heads, preset.model.layers);
+    let text_labels: Vec<String> = exp
+        .runs
+        .iter()
+        .filter(|s| s.init == config::Init::Text)
+        .map(|s| s.label.clone())
+        .collect();
+    anyhow::ensure!(
+        !text_labels.is_empty(),
+        "no run with init = \"text\" in {}",
+        ctx.config.display()
+    );
+    let compared: Vec<RunResult> = r
+        .results
+        .iter()
+        .filter(|x| {
+            text_labels.contains(&x.run.label)
+                || ["bert-random", "bert-fixed"].contains(&x.run.label.as_str())
+        })
+        .cloned()
+        .collect();
+    let mut loss = Chart {
+        title: "Masked-LM pretraining on English text (Debian `fortunes`)".into(),
+        x_label: "pretraining step".into(),
+        y_label: "masked-LM loss (mean of 50 steps)".into(),
+        legend: Corner::UpperRight,
+        ..Default::default()
+    };
+    let (ua, uw) = uniform_scores(n_var, 20)?;
+    let mut stages = Vec::new();
+    let mut seeds = 0;
+    let mut summary = serde_json::Map::new();
+    for (i, l) in text_labels.iter().enumerate() {
+        let xs = of_label(&r.results, l);
+        let smooth: Vec<Vec<f64>> = xs
+            .iter()
+            .map(|x| x.pretrain_losses.chunks(50).map(mean).collect())
+            .collect();
+        let len = smooth.iter().map(Vec::len).min().unwrap_or(0);
+        let smooth: Vec<Vec<f64>> = smooth.into_iter().map(|v| v[..len].to_vec()).collect();
+        let x: Vec<f64> = (0..len).map(|k| (50 * k + 25) as f64).collect();
+        loss.series.push(Series::over_runs(
+            l.clone(),
+            Mark::Line,
+            color(i),
+            x,
+            &smooth,
+        ));
+        for (stage, what) in [
+            ("init", "random init"),
+            ("pretrained", "pretrained"),
+            ("trained", "after LEGO"),
+        ] {
+            let name = format!("{l} {what}");
+            if let Some((sh, n)) = stage_heads(&xs, stage, &name, layers * heads) {
+                seeds = seeds.max(n);
+                stages.push(sh);
+            }
+        }
+        let acc: Vec<f64> = xs
+            .iter()
+            .filter_map(|x| x.pretrain_accuracy)
+            .map(round3)
+            .collect();
+        let scores = |stage: &str| -> serde_json::Value {
+            let v = stage_scores(&xs, stage, layers * heads);
+            let best = |k: usize| -> Vec<f64> {
+                v.iter()
+                    .map(|s| round3(s.iter().map(|p| p[k]).fold(0.0, f64::max)))
+                    .collect()
+            };
+            json!({ "best_association": best(0), "best_window_locality": best(1) })
+        };
+        summary.insert(
+            l.clone(),
+            json!({
+                "seeds": xs.len(),
+                "held_out_masked_accuracy": acc,
+                "final_pretrain_loss": xs.iter().map(|x| round3(x.pretrain_losses.iter().rev().take(50).sum::<f64>() / 50.0)).collect::<Vec<_>>(),
+                "init": scores("init"),
+                "pretrained": scores("pretrained"),
+                "trained": scores("trained"),
+            }),
+        );
+    }
+    summary.insert("runs".into(), per_position_summary(&compared));
+    summary.insert(
+        "uniform".into(),
+        json!({ "association": round3(ua), "window_locality": round3(uw) }),
+    );
+    let mut charts = vec![
+        loss,
+        per_position_chart(
+            "LEGO after text pretraining vs random init and fixed heads",
+            &compared,
+            r.train_vars,
+            &|l| l.to_string(),
+        ),
+    ];
+    charts.extend(head_score_heatmaps(
+        &stages,
+        layers,
+        heads,
+        (ua, uw),
+        seeds,
+    )?);
+    Ok(FigureOutput {
+        charts,
+        summary: serde_json::Value::Object(summary),
+    })
+}
+
+/// One block of heatmap rows: a model at one stage.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageHeads {
     pub name: String,

@@ -8,7 +8,8 @@
 //! - [`measure`]: association and locality scores of attention maps, mimicking targets, KL;
 //!   [`flops`]: exact FLOP counts of encoders with LEGO fixed heads.
 //! - [`train`]: the LEGO and mimicking trainers on the run engine; [`program_train`]: the
-//!   program trainer; [`epochs`]: the epochs and divergence rule they share; [`seeds`]: every
+//!   program trainer; [`text_pretrain`]: masked-LM pretraining on English text and its
+//!   transfer into the LEGO model; [`epochs`]: the epochs and divergence rule they share; [`seeds`]: every
 //!   random stream of a run.
 //! - [`config`]: experiment configs under `experiments/lego/`, [`validate`]: their range
 //!   checks; [`experiments`]: running an experiment file; [`figures`] and [`charts`]: its
@@ -29,6 +30,7 @@ pub mod program;
 pub mod program_train;
 pub mod seeds;
 pub mod task;
+pub mod text_pretrain;
 pub mod train;
 pub mod validate;
 pub mod variants;

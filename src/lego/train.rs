@@ -10,7 +10,9 @@
 //!   `KL(smoothed attention || target)` summed over layers, on fresh sentences every step.
 //! - A run with `init = mimic` drives the mimicking trainer as phase `mimic`, then the LEGO
 //!   trainer as phase `train`, in the same run directory; head scores are taken at
-//!   initialisation, after mimicking and after training.
+//!   initialisation, after mimicking and after training. A run with `init = text` drives the
+//!   masked-LM trainer of [`crate::lego::text_pretrain`] as phase `pretrain` first and copies
+//!   the encoder in (head scores also after that).
 
 use crate::lego::config::{optim_for, Arch, Init, MimicConfig, Preset};
 use crate::lego::epochs::{loss_diverged, Epochs};
@@ -18,13 +20,14 @@ use crate::lego::measure::{local_target, mimic_targets, HeadScores};
 use crate::lego::model::{bce_with_logits, mimic_loss_tensor, LegoModel};
 use crate::lego::seeds;
 use crate::lego::task::{seq_len, LegoBatch, LegoSentence};
+use crate::lego::text_pretrain::{transfer, Corpus, TextTrainer};
 use crate::lego::variants::{sample_mixture, Variant};
 use crate::nn::{FlopCount, ForwardOpts, Transformer, TransformerConfig};
 use crate::run::{drive, DriveOpts, RunDir, State, StepOutcome, Trainer};
 use crate::train::{backward_step, Optimizer};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 pub use crate::lego::model::LegoRun;
@@ -74,6 +77,12 @@ pub struct RunResult {
     pub mimic_losses: Vec<f64>,
     /// Training loss after every step.
     pub losses: Vec<f64>,
+    /// Masked-LM loss after every text-pretraining step (empty unless `init = text`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pretrain_losses: Vec<f64>,
+    /// Held-out masked-word accuracy at the end of text pretraining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_accuracy: Option<f64>,
     pub head_scores: Vec<StageScores>,
     /// Exact forward FLOPs per sentence of the model (toolkit's `FlopCount`) at the task's length.
     pub forward_flops: u64,
@@ -235,12 +244,12 @@ impl Trainer for LegoTrainer<'_> {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
-        save_weights_and_losses(st, self.lm, &self.opt, &self.losses)?;
+        save_weights_and_losses(st, &self.lm.varmap, &self.opt, &self.losses)?;
         self.epochs.save(st)
     }
 
     fn load(&mut self, st: &State) -> Result<()> {
-        self.losses = load_weights_and_losses(st, self.lm, &mut self.opt)?;
+        self.losses = load_weights_and_losses(st, &self.lm.varmap, &mut self.opt)?;
         self.epochs.load(st, self.opt.step)
     }
 
@@ -378,12 +387,12 @@ impl Trainer for MimicTrainer<'_> {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
-        save_weights_and_losses(st, self.lm, &self.opt, &self.losses)?;
+        save_weights_and_losses(st, &self.lm.varmap, &self.opt, &self.losses)?;
         Ok(())
     }
 
     fn load(&mut self, st: &State) -> Result<()> {
-        self.losses = load_weights_and_losses(st, self.lm, &mut self.opt)?;
+        self.losses = load_weights_and_losses(st, &self.lm.varmap, &mut self.opt)?;
         Ok(())
     }
 
@@ -434,6 +443,20 @@ pub fn train_run(
         mimic_losses = std::mem::take(&mut mt.losses);
         score("mimicked", &lm)?;
     }
+    let (mut pretrain_losses, mut pretrain_accuracy) = (Vec::new(), None);
+    if run.init == Init::Text {
+        let pc = preset
+            .pretrain
+            .as_ref()
+            .context("a text-pretrained run needs [*.pretrain]")?;
+        let corpus = Corpus::load(&pc.corpus, pc.vocab_words)?;
+        let mut tt = TextTrainer::new(&preset.model, run, n_var, &corpus, pc, opts.dev)?;
+        seconds += drive(&mut tt, &opts.drive("pretrain"))?.wall_seconds;
+        transfer(&tt.varmap, &corpus, &lm)?;
+        pretrain_losses = std::mem::take(&mut tt.losses);
+        pretrain_accuracy = Some(tt.held_out_accuracy);
+        score("pretrained", &lm)?;
+    }
     let mut tr = LegoTrainer::new(preset, run, &lm)?;
     let out = drive(&mut tr, &opts.drive("train"))?;
     seconds += out.wall_seconds;
@@ -458,6 +481,8 @@ pub fn train_run(
         curve,
         mimic_losses,
         losses: std::mem::take(&mut tr.losses),
+        pretrain_losses,
+        pretrain_accuracy,
         head_scores,
         seconds,
     })
@@ -466,6 +491,16 @@ pub fn train_run(
 /// What determines a run's outcome besides the [`LegoRun`]: task, model, training, and the
 /// mimicking settings when it starts from mimicking (as JSON).
 pub fn run_key(preset: &Preset, run: &LegoRun) -> Result<String> {
+    // a fifth field only for text runs: the keys of every other run stay as they were
+    if run.init == Init::Text {
+        return Ok(serde_json::to_string(&(
+            &preset.task,
+            &preset.model,
+            &preset.train,
+            None::<()>,
+            &preset.pretrain,
+        ))?);
+    }
     let mimic = if run.init == Init::Mimic {
         preset.mimic.clone()
     } else {
@@ -494,20 +529,24 @@ pub fn mimic_pretrain(
 
 /// The state the LEGO and mimicking trainers share: the model, its optimiser and every step's
 /// loss.
-fn save_weights_and_losses(
+pub(crate) fn save_weights_and_losses(
     st: &mut State,
-    lm: &LegoModel,
+    vm: &VarMap,
     opt: &Optimizer,
     losses: &[f64],
 ) -> Result<()> {
-    st.put_model(&lm.varmap, opt)?;
+    st.put_model(vm, opt)?;
     st.put_f64("losses", &[losses.len()], losses);
     Ok(())
 }
 
 /// Restores what [`save_weights_and_losses`] stored; returns the losses.
-fn load_weights_and_losses(st: &State, lm: &LegoModel, opt: &mut Optimizer) -> Result<Vec<f64>> {
-    st.load_model(&lm.varmap, opt)?;
+pub(crate) fn load_weights_and_losses(
+    st: &State,
+    vm: &VarMap,
+    opt: &mut Optimizer,
+) -> Result<Vec<f64>> {
+    st.load_model(vm, opt)?;
     let losses = st.get_f64("losses")?.1;
     anyhow::ensure!(
         losses.len() as u64 == opt.step,

@@ -27,6 +27,8 @@ pub mod limits {
     pub const WIDTH: usize = 65_536;
     /// `model.max_positions`.
     pub const POSITIONS: usize = 65_536;
+    /// Words in a text-pretraining vocabulary.
+    pub const VOCAB: usize = 1_000_000;
     /// Estimated memory of the parameters, optimiser state and one batch's activations.
     pub const MEMORY_GIB: f64 = 256.0;
 }
@@ -95,6 +97,15 @@ impl LegoExperiment {
                     p.mimic.is_some(),
                     &format!("{name}.mimic"),
                     "a run starts from mimicking: add the section",
+                )?;
+            }
+        }
+        if self.runs.iter().any(|r| r.init == Init::Text) {
+            for (name, p) in self.presets() {
+                require(
+                    p.pretrain.is_some(),
+                    &format!("{name}.pretrain"),
+                    "a run starts from text pretraining: add the section",
                 )?;
             }
         }
@@ -305,6 +316,27 @@ impl Preset {
                 let s = crate::lego::task::seq_len(task.n_var);
                 let vocab = crate::lego::task::VOCAB_SIZE;
                 memory = memory.max(step_memory(m, vocab, s, mm.batch_size));
+            }
+        }
+        if let Some(pt) = &self.pretrain {
+            require(pt.vocab_words > 0, "pretrain.vocab_words", "must be > 0")?;
+            at_most(pt.vocab_words, limits::VOCAB, "pretrain.vocab_words")?;
+            require(pt.steps > 0, "pretrain.steps", "must be > 0")?;
+            at_most(pt.steps, limits::STEPS as usize, "pretrain.steps")?;
+            require(pt.batch_size > 0, "pretrain.batch_size", "must be > 0")?;
+            at_most(pt.batch_size, limits::BATCH, "pretrain.batch_size")?;
+            require(
+                pt.mask_prob > 0.0 && pt.mask_prob < 1.0,
+                "pretrain.mask_prob",
+                format!("{} is not in (0, 1): BERT masks 0.15", pt.mask_prob),
+            )?;
+            check_optim(&pt.optim, pt.steps as u64, "pretrain.optim")?;
+            if let Some(task) = &self.task {
+                let s = crate::lego::task::seq_len(task.n_var);
+                let vocab = pt.vocab_words + 2 * crate::lego::task::VOCAB_SIZE;
+                // plus the logits over the vocabulary and their gradient
+                let logits = 8.0 * (pt.batch_size * s) as f64 * vocab as f64;
+                memory = memory.max(step_memory(m, vocab, s, pt.batch_size) + logits);
             }
         }
         let gib = memory / (1u64 << 30) as f64;

@@ -1,0 +1,139 @@
+//! Masked-LM pretraining on text and its transfer into the LEGO model: the tokeniser and
+//! vocabulary, BERT's masking rates, a small encoder learning a text whose masked words are
+//! predictable from their neighbours (far above the unigram guess), and the transfer copying the
+//! encoder exactly.
+
+use attnlab::lego::config::{Arch, Init, ModelConfig, TextPretrainConfig};
+use attnlab::lego::model::{LegoModel, LegoRun};
+use attnlab::lego::task::{token_str, VOCAB_SIZE};
+use attnlab::lego::text_pretrain::{transfer, words, Corpus, TextTrainer};
+use attnlab::run::{drive, DriveOpts};
+use attnlab::train::{OptimConfig, OptimKind, Schedule, ScheduleKind};
+
+fn model() -> ModelConfig {
+    ModelConfig {
+        layers: 2,
+        heads: 2,
+        hidden: 32,
+        ffn: 64,
+        dropout: 0.0,
+        max_positions: 64,
+    }
+}
+
+fn pretrain(steps: usize) -> TextPretrainConfig {
+    TextPretrainConfig {
+        corpus: "unused".into(),
+        vocab_words: 50,
+        steps,
+        batch_size: 32,
+        mask_prob: 0.15,
+        optim: OptimConfig {
+            kind: OptimKind::Adam,
+            lr: 3e-3,
+            weight_decay: 0.0,
+            schedule: Schedule {
+                kind: ScheduleKind::Cosine,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    }
+}
+
+/// A "text" in which every word is fixed by its neighbours: a cycle of eight number words.
+fn cyclic_text(repeats: usize) -> String {
+    "one two three four five six seven eight ".repeat(repeats)
+}
+
+#[test]
+fn words_are_lower_cased_and_punctuation_stands_alone() {
+    assert_eq!(
+        words("Don't PANIC, it's 42.\n%\n=x"),
+        ["don't", "panic", ",", "it's", "42", ".", "%", "=", "x"]
+    );
+}
+
+#[test]
+fn the_vocabulary_starts_with_the_specials_and_holds_every_lego_token() {
+    let c = Corpus::from_text("the cat , the dog . the end", 2).unwrap();
+    assert_eq!(
+        &c.vocab[..5],
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    );
+    for i in 0..VOCAB_SIZE as u32 {
+        assert!(c.id(token_str(i)).is_some(), "LEGO token {}", token_str(i));
+    }
+    // `the` is the most frequent other word; `,` is a LEGO token already
+    assert!(c.id("the").is_some());
+    assert_eq!(c.vocab.len(), 5 + VOCAB_SIZE - 3 + 2);
+    // unknown words of the text become [UNK]
+    assert!(c.unk_rate > 0.0);
+}
+
+#[test]
+fn masked_lm_learns_words_fixed_by_their_context_far_above_the_unigram_guess() {
+    let corpus = Corpus::from_text(&cyclic_text(400), 50).unwrap();
+    let cfg = pretrain(300);
+    let run = LegoRun::new("t", Arch::Bert, Init::Text, 0);
+    let dev = attnlab::nn::device().unwrap();
+    let mut tt = TextTrainer::new(&model(), &run, 3, &corpus, &cfg, &dev).unwrap();
+    drive(&mut tt, &DriveOpts::new(None)).unwrap();
+    // the most frequent word is 1/8 of the text: a model that ignores the context scores 0.125
+    assert!(
+        tt.held_out_accuracy > 0.9,
+        "held-out masked-word accuracy {}",
+        tt.held_out_accuracy
+    );
+    let first: f64 = tt.losses[..10].iter().sum::<f64>() / 10.0;
+    let last: f64 = tt.losses[290..].iter().sum::<f64>() / 10.0;
+    assert!(last < 0.2 * first, "masked-LM loss {first} -> {last}");
+}
+
+#[test]
+fn transfer_copies_the_encoder_and_each_lego_tokens_text_embedding() {
+    let corpus = Corpus::from_text(&cyclic_text(50), 50).unwrap();
+    let cfg = pretrain(3);
+    let run = LegoRun::new("t", Arch::Bert, Init::Text, 1);
+    let dev = attnlab::nn::device().unwrap();
+    let mut tt = TextTrainer::new(&model(), &run, 3, &corpus, &cfg, &dev).unwrap();
+    drive(&mut tt, &DriveOpts::new(None)).unwrap();
+    // another seed, so that nothing matches before the transfer
+    let lm = LegoModel::build(
+        &model(),
+        &LegoRun::new("t", Arch::Bert, Init::Text, 2),
+        &dev,
+    )
+    .unwrap();
+    let copied = transfer(&tt.varmap, &corpus, &lm).unwrap();
+    let src = tt.varmap.data().lock().unwrap();
+    let dst = lm.varmap.data().lock().unwrap();
+    // every parameter but the token embedding and the output layer
+    assert_eq!(copied, dst.len() - 2);
+    for (name, v) in dst.iter() {
+        let s = &src[name];
+        if s.shape() == v.shape() && name != "tok_emb" {
+            let d = (s.as_tensor() - v.as_tensor()).unwrap().abs().unwrap();
+            let d = d
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{name}");
+        }
+    }
+    let (te, le) = (src["tok_emb"].as_tensor(), dst["tok_emb"].as_tensor());
+    for i in 0..VOCAB_SIZE as u32 {
+        let t = corpus.id(token_str(i)).unwrap() as usize;
+        let a = te.get(t).unwrap().to_vec1::<f32>().unwrap();
+        let b = le.get(i as usize).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b, "embedding of `{}`", token_str(i));
+    }
+    assert_ne!(
+        src["out_w"].shape(),
+        dst["out_w"].shape(),
+        "the output layer is the LEGO model's own"
+    );
+}
