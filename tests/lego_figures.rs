@@ -11,8 +11,9 @@ use attnlab::plot::Chart;
 use std::path::Path;
 use std::process::Command;
 
-const LEGO: [&str; 7] = [
+const LEGO: [&str; 8] = [
     "per_position",
+    "text_pretraining",
     "training_curves",
     "mimicking",
     "head_scores",
@@ -111,6 +112,36 @@ fn tiny_lego_figures_plot_the_exact_numbers() {
         &rows(&out.join("lego/shortcuts.csv")),
         sexp.shortcuts.as_ref().unwrap().test_variants.len(),
     );
+
+    // text pretraining: the loss panel is the mean of each 50 pretraining steps of the run, the
+    // heatmaps hold random init, after pretraining and after LEGO for the text-pretrained model
+    let tr: attnlab::lego::train::RunResult = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join("runs/lego/extrapolation/tiny/bert-text-seed0/result.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let lexp = config::load(Path::new("experiments/lego/length_extrapolation.toml")).unwrap();
+    let steps = lexp.tiny.pretrain.as_ref().unwrap().steps;
+    assert_eq!(tr.pretrain_losses.len(), steps);
+    let tp = rows(&out.join("lego/text_pretraining.csv"));
+    let loss: Vec<_> = tp.iter().filter(|r| r.1 == "bert-text").collect();
+    let first: Vec<f64> = tr.pretrain_losses.iter().take(50).copied().collect();
+    assert!((loss[0].2 - 25.0).abs() < 1e-9, "{:?}", loss[0]);
+    assert!((loss[0].3 - first.iter().sum::<f64>() / first.len() as f64).abs() < 1e-9);
+    let held = tr.pretrain_accuracy.unwrap();
+    assert!(
+        (0.0..=1.0).contains(&held),
+        "held-out masked accuracy {held}"
+    );
+    let heat: Vec<_> = tp
+        .iter()
+        .filter(|r| r.0.starts_with("association score") || r.0.starts_with("window locality"))
+        .cloned()
+        .collect();
+    check_heatmaps(&heat, 3, lexp.tiny.model.layers, lexp.tiny.model.heads);
 
     // the convolution study's program models: the conv adds layers x 3d x k parameters
     let conv: serde_json::Value =
