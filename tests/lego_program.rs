@@ -2,16 +2,15 @@
 //! the convolutional model's extra parameters and FLOPs are the hand count, a run stopped in
 //! the middle of an epoch resumes exactly, and a `maps` list the toolkit cannot build is a clear config error.
 
-use attnlab::lego::config::{
-    self, LegoTaskConfig, Loss, ModelConfig, Preset, ProgramTaskConfig, TrainConfig,
-};
+use attnlab::lego::config::{self, LegoTaskConfig, Loss, Preset, ProgramTaskConfig, TrainConfig};
 use attnlab::lego::program_train::{
     max_program_len, program_transformer_config, train_program_run, ProgramResult, ProgramRun,
 };
 use attnlab::lego::train::RunOpts;
 use attnlab::nn::{num_params, FlopCount, Transformer};
 use attnlab::run::{exit_code, Identity, RunDir};
-use attnlab::train::{OptimConfig, OptimKind, Schedule, ScheduleKind};
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -29,27 +28,11 @@ fn preset(n_train: usize, epochs: usize) -> Preset {
             n_train,
             n_test: 400,
         }),
-        model: ModelConfig {
-            layers: 2,
-            heads: 2,
-            hidden: 32,
-            ffn: 64,
-            dropout: 0.0,
-            max_positions: 32,
-        },
+        model: common::small_lego_model(32),
         train: TrainConfig {
             epochs,
             batch_size: 50,
-            optim: OptimConfig {
-                kind: OptimKind::Adam,
-                lr: 3e-3,
-                weight_decay: 0.0,
-                schedule: Schedule {
-                    kind: ScheduleKind::Cosine,
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
+            optim: common::adam_cosine(3e-3),
             loss: Loss::CrossEntropy,
             eval_every: 1,
         },

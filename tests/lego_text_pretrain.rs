@@ -8,17 +8,11 @@ use attnlab::lego::model::{LegoModel, LegoRun};
 use attnlab::lego::task::{token_str, VOCAB_SIZE};
 use attnlab::lego::text_pretrain::{transfer, words, Corpus, TextTrainer};
 use attnlab::run::{drive, DriveOpts};
-use attnlab::train::{OptimConfig, OptimKind, Schedule, ScheduleKind};
+
+mod common;
 
 fn model() -> ModelConfig {
-    ModelConfig {
-        layers: 2,
-        heads: 2,
-        hidden: 32,
-        ffn: 64,
-        dropout: 0.0,
-        max_positions: 64,
-    }
+    common::small_lego_model(64)
 }
 
 fn pretrain(steps: usize) -> TextPretrainConfig {
@@ -28,16 +22,7 @@ fn pretrain(steps: usize) -> TextPretrainConfig {
         steps,
         batch_size: 32,
         mask_prob: 0.15,
-        optim: OptimConfig {
-            kind: OptimKind::Adam,
-            lr: 3e-3,
-            weight_decay: 0.0,
-            schedule: Schedule {
-                kind: ScheduleKind::Cosine,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        optim: common::adam_cosine(3e-3),
     }
 }
 

@@ -4,9 +4,7 @@
 
 mod common;
 
-use attnlab::lego::config::{
-    Arch, Init, LegoTaskConfig, Loss, MimicConfig, ModelConfig, Preset, TrainConfig,
-};
+use attnlab::lego::config::{Arch, Init, LegoTaskConfig, Loss, MimicConfig, Preset, TrainConfig};
 use attnlab::lego::flops::{encoder_flops, EncoderShape};
 use attnlab::lego::model::{transformer_config, LegoModel, LegoRun};
 use attnlab::lego::task::seq_len;
@@ -14,22 +12,9 @@ use attnlab::lego::train::{mimic_pretrain, train_run, RunOpts, RunResult};
 use attnlab::lego::variants::Variant;
 use attnlab::nn::FlopCount;
 use attnlab::run::{exit_code, Identity, RunDir};
-use attnlab::train::{OptimConfig, OptimKind, Schedule, ScheduleKind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Adam without weight decay, cosine over the whole run (the experiment files' optimiser).
-fn adam(lr: f64) -> OptimConfig {
-    OptimConfig {
-        kind: OptimKind::Adam,
-        lr,
-        weight_decay: 0.0,
-        schedule: Schedule {
-            kind: ScheduleKind::Cosine,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+use common::adam_cosine as adam;
 
 fn preset(n_var: usize, train_vars: usize, n_train: usize, epochs: usize, batch: usize) -> Preset {
     Preset {
@@ -43,14 +28,7 @@ fn preset(n_var: usize, train_vars: usize, n_train: usize, epochs: usize, batch:
             n_test: 200,
         }),
         program: None,
-        model: ModelConfig {
-            layers: 2,
-            heads: 2,
-            hidden: 32,
-            ffn: 64,
-            dropout: 0.0,
-            max_positions: 64,
-        },
+        model: common::small_lego_model(64),
         train: TrainConfig {
             epochs,
             batch_size: batch,

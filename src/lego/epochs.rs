@@ -1,8 +1,9 @@
-//! What the LEGO-family trainers (LEGO, mimicking, programs) share besides the engine: the
-//! epoch structure over a fixed training set, and the divergence rule.
+//! What the LEGO-family trainers (LEGO, mimicking, programs, text pretraining) share besides the
+//! engine: the epoch structure over a fixed training set, one update, and the divergence rule.
 
 use crate::rng::Rng;
 use crate::run::{State, StepOutcome};
+use crate::train::{backward_step, Optimizer};
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,20 @@ pub fn loss_diverged(outcome: &StepOutcome, first: Option<f64>) -> Option<String
             "the training loss is {:.4e}, over {FACTOR} times its first value {first:.4}",
             outcome.loss
         )
+    })
+}
+
+/// One update from the batch loss `loss`; none from a non-finite loss, which the engine stops
+/// the run on.
+pub fn update(loss: &candle_core::Tensor, opt: &mut Optimizer) -> Result<StepOutcome> {
+    let lv = loss.to_scalar::<f32>()? as f64;
+    if !lv.is_finite() {
+        return Ok(StepOutcome::loss(lv));
+    }
+    let stats = backward_step(loss, opt)?;
+    Ok(StepOutcome {
+        loss: lv,
+        grad_norm: Some(stats.grad_norm),
     })
 }
 

@@ -6,7 +6,7 @@
 //! training set like the LEGO trainer, and resumes the same way, mid-epoch included.
 
 use crate::lego::config::{optim_for, Preset, ProgramTaskConfig};
-use crate::lego::epochs::{loss_diverged, Epochs};
+use crate::lego::epochs::{loss_diverged, update, Epochs};
 use crate::lego::model::encoder_config;
 use crate::lego::program::{sample_programs, Program, ProgramBatch, PROGRAM_VOCAB_SIZE};
 use crate::lego::seeds;
@@ -14,7 +14,7 @@ use crate::lego::train::RunOpts;
 use crate::nn::config::QkvConvMaps;
 use crate::nn::{num_params, AttnMask, FlopCount, ForwardOpts, Transformer, TransformerConfig};
 use crate::run::{drive, State, StepOutcome, Trainer};
-use crate::train::{backward_step, Optimizer};
+use crate::train::Optimizer;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -269,17 +269,12 @@ impl Trainer for ProgramTrainer {
         let pt = tensors(&ProgramBatch::new(&progs)?, &self.dev)?;
         let z = print_logits(&self.model, &pt)?;
         let loss = crate::nn::cross_entropy(&z, &pt.targets, Some(&pt.present))?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        if !lv.is_finite() {
-            return Ok(StepOutcome::loss(lv));
+        let out = update(&loss, &mut self.opt)?;
+        if out.loss.is_finite() {
+            self.first_loss.get_or_insert(out.loss);
+            self.epochs.record(step, out.loss);
         }
-        let stats = backward_step(&loss, &mut self.opt)?;
-        self.first_loss.get_or_insert(lv);
-        self.epochs.record(step, lv);
-        Ok(StepOutcome {
-            loss: lv,
-            grad_norm: Some(stats.grad_norm),
-        })
+        Ok(out)
     }
 
     fn evaluate(&mut self, step: u64) -> Result<Vec<f64>> {

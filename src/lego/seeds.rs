@@ -27,6 +27,10 @@ const VARIANT_TEST: u64 = 0x7465_7374;
 const LEGO_SHUFFLE: u64 = 7;
 /// Stream index of the program training-set shuffle.
 const PROGRAM_SHUFFLE: u64 = 8;
+/// XOR mask of the text-pretraining batches ("txt" in ASCII, shifted clear of the step bits).
+const TEXT_BATCHES: u64 = 0x747874 << 20;
+/// Seed of the held-out text windows and their masks ("txte"): the same for every run.
+const TEXT_EVAL: u64 = 0x7478_7465;
 /// Seed of the sentences the uniform-attention reference scores are averaged over ("UNI").
 pub const UNIFORM_REFERENCE: u64 = 0x554e49;
 
@@ -83,4 +87,14 @@ pub fn program_test(seed: u64) -> u64 {
 /// The generator that shuffles a program run's training set.
 pub fn program_shuffle(seed: u64) -> Rng {
     stream(seed, PROGRAM_SHUFFLE)
+}
+
+/// The generator of text-pretraining step `step`'s windows and masks.
+pub fn text_batch(seed: u64, step: u64) -> Rng {
+    stream(seed ^ TEXT_BATCHES, step)
+}
+
+/// The generator of the held-out text windows and their masks.
+pub fn text_eval() -> Rng {
+    crate::rng::seeded(TEXT_EVAL)
 }

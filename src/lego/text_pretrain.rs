@@ -19,12 +19,13 @@
 //!   layer stays the LEGO model's own (one logit).
 
 use crate::lego::config::{optim_for, Arch, TextPretrainConfig};
+use crate::lego::epochs::update;
 use crate::lego::model::{encoder_config, LegoModel, LegoRun};
 use crate::lego::task::{seq_len, token_str, VOCAB_SIZE};
 use crate::nn::{cross_entropy, Transformer, TransformerConfig};
-use crate::rng::{seeded, stream, Rng};
+use crate::rng::Rng;
 use crate::run::{State, StepOutcome, Trainer};
-use crate::train::{backward_step, Optimizer};
+use crate::train::Optimizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
@@ -44,10 +45,6 @@ const HELD_OUT: f64 = 0.05;
 const EVAL_WINDOWS: usize = 512;
 /// Evaluations over a pretraining run.
 const EVALS: u64 = 10;
-/// Stream of the pretraining batches ("txt" in ASCII).
-const TEXT_BATCHES: u64 = 0x747874 << 20;
-/// Seed of the held-out windows and their masks.
-const TEXT_EVAL: u64 = 0x7478_7465;
 
 /// A tokenised corpus and its vocabulary.
 #[derive(Clone, Debug)]
@@ -289,7 +286,7 @@ impl<'a> TextTrainer<'a> {
             t,
             cfg.mask_prob,
             corpus.vocab.len(),
-            &mut seeded(TEXT_EVAL),
+            &mut crate::lego::seeds::text_eval(),
         );
         Ok(Self {
             model,
@@ -326,7 +323,7 @@ impl<'a> TextTrainer<'a> {
     fn held_out(&self) -> Result<f64> {
         let (x, y, w) = self.tensors(&self.eval, EVAL_WINDOWS)?;
         let logits = self.model.forward(&x)?;
-        Ok(crate::nn::accuracy(&logits, &y, Some(&w))?)
+        crate::nn::accuracy(&logits, &y, Some(&w))
     }
 }
 
@@ -350,7 +347,7 @@ impl Trainer for TextTrainer<'_> {
 
     fn step(&mut self, step: u64) -> Result<StepOutcome> {
         let b = self.cfg.batch_size;
-        let mut rng = stream(self.seed ^ TEXT_BATCHES, step);
+        let mut rng = crate::lego::seeds::text_batch(self.seed, step);
         let m = masked_batch(
             &self.corpus.train,
             b,
@@ -361,17 +358,11 @@ impl Trainer for TextTrainer<'_> {
         );
         let (x, y, w) = self.tensors(&m, b)?;
         let logits = self.model.forward(&x)?;
-        let loss = cross_entropy(&logits, &y, Some(&w))?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        if !lv.is_finite() {
-            return Ok(StepOutcome::loss(lv));
+        let out = update(&cross_entropy(&logits, &y, Some(&w))?, &mut self.opt)?;
+        if out.loss.is_finite() {
+            self.losses.push(out.loss);
         }
-        let stats = backward_step(&loss, &mut self.opt)?;
-        self.losses.push(lv);
-        Ok(StepOutcome {
-            loss: lv,
-            grad_norm: Some(stats.grad_norm),
-        })
+        Ok(out)
     }
 
     fn evaluate(&mut self, _step: u64) -> Result<Vec<f64>> {
@@ -428,7 +419,7 @@ mod tests {
     fn masking_follows_berts_rates_and_spares_cls_and_sep() {
         let src: Vec<u32> = (0..10_000).map(|i| 40 + (i % 100)).collect();
         let (b, t, p) = (400, 32, 0.15);
-        let m = masked_batch(&src, b, t, p, 200, &mut seeded(3));
+        let m = masked_batch(&src, b, t, p, 200, &mut crate::rng::seeded(3));
         let masked: Vec<usize> = (0..b * t).filter(|&i| m.weights[i] == 1.0).collect();
         let n = (b * (t - 2)) as f64;
         // 12,000 text tokens: the masked fraction is within 4 standard deviations of p

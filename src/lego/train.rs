@@ -15,7 +15,7 @@
 //!   the encoder in (head scores also after that).
 
 use crate::lego::config::{optim_for, Arch, Init, MimicConfig, Preset};
-use crate::lego::epochs::{loss_diverged, Epochs};
+use crate::lego::epochs::{loss_diverged, update, Epochs};
 use crate::lego::measure::{local_target, mimic_targets, HeadScores};
 use crate::lego::model::{bce_with_logits, mimic_loss_tensor, LegoModel};
 use crate::lego::seeds;
@@ -24,7 +24,7 @@ use crate::lego::text_pretrain::{transfer, Corpus, TextTrainer};
 use crate::lego::variants::{sample_mixture, Variant};
 use crate::nn::{FlopCount, ForwardOpts, Transformer, TransformerConfig};
 use crate::run::{drive, DriveOpts, RunDir, State, StepOutcome, Trainer};
-use crate::train::{backward_step, Optimizer};
+use crate::train::Optimizer;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -220,18 +220,12 @@ impl Trainer for LegoTrainer<'_> {
         let bt = self.lm.tensors(&batch)?;
         let (z, _) = self.lm.chain_logits(&bt, false)?;
         let loss = bce_with_logits(&z, &bt.labels, &bt.supervised)?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        if !lv.is_finite() {
-            // the engine stops the run on it; no update from a non-finite loss
-            return Ok(StepOutcome::loss(lv));
+        let out = update(&loss, &mut self.opt)?;
+        if out.loss.is_finite() {
+            self.losses.push(out.loss);
+            self.epochs.record(step, out.loss);
         }
-        let stats = backward_step(&loss, &mut self.opt)?;
-        self.losses.push(lv);
-        self.epochs.record(step, lv);
-        Ok(StepOutcome {
-            loss: lv,
-            grad_norm: Some(stats.grad_norm),
-        })
+        Ok(out)
     }
 
     fn evaluate(&mut self, step: u64) -> Result<Vec<f64>> {
@@ -370,16 +364,11 @@ impl Trainer for MimicTrainer<'_> {
             });
         }
         let loss = loss.context("model without layers")?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        if !lv.is_finite() {
-            return Ok(StepOutcome::loss(lv));
+        let out = update(&loss, &mut self.opt)?;
+        if out.loss.is_finite() {
+            self.losses.push(out.loss);
         }
-        let stats = backward_step(&loss, &mut self.opt)?;
-        self.losses.push(lv);
-        Ok(StepOutcome {
-            loss: lv,
-            grad_norm: Some(stats.grad_norm),
-        })
+        Ok(out)
     }
 
     fn evaluate(&mut self, _step: u64) -> Result<Vec<f64>> {

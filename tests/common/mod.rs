@@ -150,3 +150,30 @@ pub fn assert_claims_hold_at(
 }
 
 pub mod fused;
+
+/// Adam without weight decay, cosine over the whole run (the LEGO experiment files' optimiser).
+pub fn adam_cosine(lr: f64) -> attnlab::train::OptimConfig {
+    use attnlab::train::{OptimConfig, OptimKind, Schedule, ScheduleKind};
+    OptimConfig {
+        kind: OptimKind::Adam,
+        lr,
+        weight_decay: 0.0,
+        schedule: Schedule {
+            kind: ScheduleKind::Cosine,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The small LEGO encoder of the training tests: 2 layers, 2 heads, d 32.
+pub fn small_lego_model(max_positions: usize) -> attnlab::lego::config::ModelConfig {
+    attnlab::lego::config::ModelConfig {
+        layers: 2,
+        heads: 2,
+        hidden: 32,
+        ffn: 64,
+        dropout: 0.0,
+        max_positions,
+    }
+}
