@@ -131,14 +131,28 @@ fn tiny_lego_figures_plot_the_exact_numbers() {
     let first: Vec<f64> = tr.pretrain_losses.iter().take(50).copied().collect();
     assert!((loss[0].2 - 25.0).abs() < 1e-9, "{:?}", loss[0]);
     assert!((loss[0].3 - first.iter().sum::<f64>() / first.len() as f64).abs() < 1e-9);
-    let held = tr.pretrain_accuracy.unwrap();
-    assert!(
-        (0.0..=1.0).contains(&held),
-        "held-out masked accuracy {held}"
-    );
+    let pre = tr.pretrain.as_ref().unwrap();
+    assert!((0.0..=1.0).contains(&pre.held_out_accuracy));
+    assert_eq!(pre.text_association.len(), lexp.tiny.model.layers);
+    // the text heatmap: one row per layer, its uniform mark the run's own
+    let text_rows: Vec<_> = tp
+        .iter()
+        .filter(|r| r.0.starts_with("association score on held-out text"))
+        .collect();
+    let (uni, cells): (Vec<&&(String, String, f64, f64)>, Vec<_>) =
+        text_rows.iter().partition(|r| r.1 == "uniform attention");
+    assert!(!uni.is_empty());
+    for u in uni {
+        assert!((u.3 - pre.text_association_uniform).abs() < 1e-9);
+    }
+    let flat: Vec<f64> = pre.text_association.iter().flatten().copied().collect();
+    assert_eq!(cells.iter().map(|r| r.3).collect::<Vec<_>>(), flat);
     let heat: Vec<_> = tp
         .iter()
-        .filter(|r| r.0.starts_with("association score") || r.0.starts_with("window locality"))
+        .filter(|r| {
+            (r.0.starts_with("association score") && !r.0.contains("text"))
+                || r.0.starts_with("window locality")
+        })
         .cloned()
         .collect();
     check_heatmaps(&heat, 3, lexp.tiny.model.layers, lexp.tiny.model.heads);

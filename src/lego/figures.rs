@@ -354,6 +354,7 @@ fn text_pretraining(ctx: &FigureContext) -> Result<FigureOutput> {
     let mut stages = Vec::new();
     let mut seeds = 0;
     let mut summary = serde_json::Map::new();
+    let mut text_maps = Vec::new();
     for (i, l) in text_labels.iter().enumerate() {
         let xs = of_label(&r.results, l);
         let smooth: Vec<Vec<f64>> = xs
@@ -381,11 +382,52 @@ fn text_pretraining(ctx: &FigureContext) -> Result<FigureOutput> {
                 stages.push(sh);
             }
         }
-        let acc: Vec<f64> = xs
+        let pre: Vec<&crate::lego::train::PretrainSummary> =
+            xs.iter().filter_map(|x| x.pretrain.as_ref()).collect();
+        let acc: Vec<f64> = pre.iter().map(|p| round3(p.held_out_accuracy)).collect();
+        let text_best: Vec<f64> = pre
             .iter()
-            .filter_map(|x| x.pretrain_accuracy)
-            .map(round3)
+            .map(|p| {
+                round3(
+                    p.text_association
+                        .iter()
+                        .flatten()
+                        .fold(0.0, |a, &b| f64::max(a, b)),
+                )
+            })
             .collect();
+        let text_uniform = mean(
+            &pre.iter()
+                .map(|p| p.text_association_uniform)
+                .collect::<Vec<_>>(),
+        );
+        if !pre.is_empty() {
+            // layer x head, mean over seeds
+            let rows = (0..layers)
+                .map(|li| {
+                    let v = (0..heads)
+                        .map(|hi| {
+                            mean(
+                                &pre.iter()
+                                    .filter_map(|p| p.text_association.get(li)?.get(hi).copied())
+                                    .collect::<Vec<_>>(),
+                            )
+                        })
+                        .collect();
+                    (format!("{l} L{}", li + 1), v)
+                })
+                .collect();
+            text_maps.push(heatmap_chart(
+                format!(
+                    "association score on held-out text after pretraining, mean of {} seeds",
+                    pre.len()
+                ),
+                "head",
+                "mass on other occurrences of the word",
+                rows,
+                vec![("uniform attention".into(), text_uniform)],
+            ));
+        }
         let scores = |stage: &str| -> serde_json::Value {
             let v = stage_scores(&xs, stage, layers * heads);
             let best = |k: usize| -> Vec<f64> {
@@ -400,7 +442,12 @@ fn text_pretraining(ctx: &FigureContext) -> Result<FigureOutput> {
             json!({
                 "seeds": xs.len(),
                 "held_out_masked_accuracy": acc,
-                "final_pretrain_loss": xs.iter().map(|x| round3(x.pretrain_losses.iter().rev().take(50).sum::<f64>() / 50.0)).collect::<Vec<_>>(),
+                "text_best_association": text_best,
+                "text_association_uniform": round3(text_uniform),
+                "final_pretrain_loss": xs.iter().map(|x| {
+                    let n = x.pretrain_losses.len();
+                    round3(mean(&x.pretrain_losses[n.saturating_sub(50)..]))
+                }).collect::<Vec<_>>(),
                 "init": scores("init"),
                 "pretrained": scores("pretrained"),
                 "trained": scores("trained"),
@@ -428,6 +475,7 @@ fn text_pretraining(ctx: &FigureContext) -> Result<FigureOutput> {
         (ua, uw),
         seeds,
     )?);
+    charts.extend(text_maps);
     Ok(FigureOutput {
         charts,
         summary: serde_json::Value::Object(summary),

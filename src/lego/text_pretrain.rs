@@ -20,9 +20,10 @@
 
 use crate::lego::config::{optim_for, Arch, TextPretrainConfig};
 use crate::lego::epochs::update;
+use crate::lego::measure::{association_score_where, uniform_attention};
 use crate::lego::model::{encoder_config, LegoModel, LegoRun};
 use crate::lego::task::{seq_len, token_str, VOCAB_SIZE};
-use crate::nn::{cross_entropy, Transformer, TransformerConfig};
+use crate::nn::{cross_entropy, ForwardOpts, Transformer, TransformerConfig};
 use crate::rng::Rng;
 use crate::run::{State, StepOutcome, Trainer};
 use crate::train::Optimizer;
@@ -317,6 +318,45 @@ impl<'a> TextTrainer<'a> {
             .first()
             .map(|v| v.device().clone())
             .unwrap_or(candle_core::Device::Cpu)
+    }
+
+    /// Association score of every head, layer-major, on the held-out windows without masks: for
+    /// each word (not a special, not `[UNK]`) that occurs again in its window, the attention mass
+    /// on its other occurrences, averaged over such words and windows; and the score of uniform
+    /// attention on the same windows. The LEGO sentences' association score, measured on text.
+    pub fn text_association(&self) -> Result<(Vec<Vec<f64>>, f64)> {
+        let (b, t) = (EVAL_WINDOWS, self.t);
+        let dev = self.model_device();
+        let x = Tensor::from_vec(self.eval.targets.clone(), (b, t), &dev)?;
+        let out = self.model.forward_with(
+            &x,
+            ForwardOpts {
+                capture_attention: true,
+                ..Default::default()
+            },
+        )?;
+        let word = |id: u32| id >= SPECIALS.len() as u32;
+        let uniform = uniform_attention(t);
+        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let mut uni = Vec::new();
+        for w in self.eval.targets.chunks(t) {
+            uni.extend(association_score_where(uniform.view(), w, word)?);
+        }
+        let mut per_layer = Vec::new();
+        for a in &out.attention {
+            let h = a.dim(1)?;
+            let m = a.flatten_all()?.to_vec1::<f32>()?;
+            let mut heads = vec![Vec::new(); h];
+            for (i, w) in self.eval.targets.chunks(t).enumerate() {
+                for (hi, scores) in heads.iter_mut().enumerate() {
+                    let off = (i * h + hi) * t * t;
+                    let map = ndarray::ArrayView2::from_shape((t, t), &m[off..off + t * t])?;
+                    scores.extend(association_score_where(map, w, word)?);
+                }
+            }
+            per_layer.push(heads.into_iter().map(mean).collect());
+        }
+        Ok((per_layer, mean(uni)))
     }
 
     /// Masked-word accuracy on the held-out windows.

@@ -80,13 +80,25 @@ pub struct RunResult {
     /// Masked-LM loss after every text-pretraining step (empty unless `init = text`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pretrain_losses: Vec<f64>,
-    /// Held-out masked-word accuracy at the end of text pretraining.
+    /// What text pretraining reached (`init = text` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pretrain_accuracy: Option<f64>,
+    pub pretrain: Option<PretrainSummary>,
     pub head_scores: Vec<StageScores>,
     /// Exact forward FLOPs per sentence of the model (toolkit's `FlopCount`) at the task's length.
     pub forward_flops: u64,
     pub seconds: f64,
+}
+
+/// The end of a run's masked-LM pretraining on text.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PretrainSummary {
+    /// Masked-word accuracy on the held-out windows.
+    pub held_out_accuracy: f64,
+    /// Association score of every head (layer-major) on held-out text
+    /// ([`TextTrainer::text_association`]).
+    pub text_association: Vec<Vec<f64>>,
+    /// The same score for uniform attention on the same windows.
+    pub text_association_uniform: f64,
 }
 
 /// Head-score sentences of every run of the experiment files: one count for all studies, since
@@ -432,7 +444,7 @@ pub fn train_run(
         mimic_losses = std::mem::take(&mut mt.losses);
         score("mimicked", &lm)?;
     }
-    let (mut pretrain_losses, mut pretrain_accuracy) = (Vec::new(), None);
+    let (mut pretrain_losses, mut pretrain) = (Vec::new(), None);
     if run.init == Init::Text {
         let pc = preset
             .pretrain
@@ -442,8 +454,13 @@ pub fn train_run(
         let mut tt = TextTrainer::new(&preset.model, run, n_var, &corpus, pc, opts.dev)?;
         seconds += drive(&mut tt, &opts.drive("pretrain"))?.wall_seconds;
         transfer(&tt.varmap, &corpus, &lm)?;
+        let (text_association, text_association_uniform) = tt.text_association()?;
         pretrain_losses = std::mem::take(&mut tt.losses);
-        pretrain_accuracy = Some(tt.held_out_accuracy);
+        pretrain = Some(PretrainSummary {
+            held_out_accuracy: tt.held_out_accuracy,
+            text_association,
+            text_association_uniform,
+        });
         score("pretrained", &lm)?;
     }
     let mut tr = LegoTrainer::new(preset, run, &lm)?;
@@ -471,7 +488,7 @@ pub fn train_run(
         mimic_losses,
         losses: std::mem::take(&mut tr.losses),
         pretrain_losses,
-        pretrain_accuracy,
+        pretrain,
         head_scores,
         seconds,
     })
