@@ -260,6 +260,15 @@ fn claim(name: &str, src: &dyn Source) -> Result<Measured> {
                 ),
             )
         }
+        "text-pretraining-supervised" => {
+            let t = per_seed(&|s| sup(src, TEXT, s))?;
+            let r = per_seed(&|s| sup(src, BERT, s))?;
+            let v = t.iter().zip(&r).map(|(t, r)| t - r).collect();
+            (
+                v,
+                format!("supervised accuracy text-pretrained {t:.3?}, random init {r:.3?}"),
+            )
+        }
         "text-pretraining-association-heads" | "text-pretraining-local-heads" => {
             let k = usize::from(name == "text-pretraining-local-heads");
             let [a, w] = src.text_heads("pretrained")?;
