@@ -385,6 +385,10 @@ fn text_pretraining(ctx: &FigureContext) -> Result<FigureOutput> {
         let pre: Vec<&crate::lego::train::PretrainSummary> =
             xs.iter().filter_map(|x| x.pretrain.as_ref()).collect();
         let acc: Vec<f64> = pre.iter().map(|p| round3(p.held_out_accuracy)).collect();
+        let known: Vec<f64> = pre
+            .iter()
+            .map(|p| round3(p.held_out_accuracy_known))
+            .collect();
         let text_best: Vec<f64> = pre
             .iter()
             .map(|p| {
@@ -442,6 +446,10 @@ fn text_pretraining(ctx: &FigureContext) -> Result<FigureOutput> {
             json!({
                 "seeds": xs.len(),
                 "held_out_masked_accuracy": acc,
+                "held_out_masked_accuracy_known_words": known,
+                "corpus_tokens": pre.first().map(|p| p.corpus_tokens),
+                "vocab_size": pre.first().map(|p| p.vocab_size),
+                "unk_rate": pre.first().map(|p| round3(p.unk_rate)),
                 "text_best_association": text_best,
                 "text_association_uniform": round3(text_uniform),
                 "final_pretrain_loss": xs.iter().map(|x| {

@@ -365,6 +365,24 @@ impl<'a> TextTrainer<'a> {
         let logits = self.model.forward(&x)?;
         crate::nn::accuracy(&logits, &y, Some(&w))
     }
+
+    /// Masked-word accuracy on the held-out windows over the masked words that are in the
+    /// vocabulary (`[UNK]` targets, which the model may learn to predict, left out).
+    pub fn held_out_known(&self) -> Result<f64> {
+        let mut known = Masked {
+            inputs: self.eval.inputs.clone(),
+            targets: self.eval.targets.clone(),
+            weights: self.eval.weights.clone(),
+        };
+        for (w, &t) in known.weights.iter_mut().zip(&known.targets) {
+            if t == UNK {
+                *w = 0.0;
+            }
+        }
+        let (x, y, w) = self.tensors(&known, EVAL_WINDOWS)?;
+        let logits = self.model.forward(&x)?;
+        crate::nn::accuracy(&logits, &y, Some(&w))
+    }
 }
 
 impl Trainer for TextTrainer<'_> {

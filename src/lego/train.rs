@@ -94,6 +94,13 @@ pub struct RunResult {
 pub struct PretrainSummary {
     /// Masked-word accuracy on the held-out windows.
     pub held_out_accuracy: f64,
+    /// The same over the masked words that are in the vocabulary (not `[UNK]`).
+    pub held_out_accuracy_known: f64,
+    /// Tokens of the corpus, words in the vocabulary, and the fraction of the training tokens
+    /// outside it (`[UNK]`).
+    pub corpus_tokens: usize,
+    pub vocab_size: usize,
+    pub unk_rate: f64,
     /// Association score of every head (layer-major) on held-out text
     /// ([`TextTrainer::text_association`]).
     pub text_association: Vec<Vec<f64>>,
@@ -458,6 +465,10 @@ pub fn train_run(
         pretrain_losses = std::mem::take(&mut tt.losses);
         pretrain = Some(PretrainSummary {
             held_out_accuracy: tt.held_out_accuracy,
+            held_out_accuracy_known: tt.held_out_known()?,
+            corpus_tokens: corpus.train.len() + corpus.held_out.len(),
+            vocab_size: corpus.vocab.len(),
+            unk_rate: corpus.unk_rate,
             text_association,
             text_association_uniform,
         });
