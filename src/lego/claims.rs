@@ -2,7 +2,8 @@
 //! `attnlab verify`.
 //!
 //! - **quick**: a handful of small runs (`experiments/lego/verify/quick.toml`: chains of 4, the first
-//!   2 supervised) trained on the run engine under `<ctx.runs>/lego/<label>-seed<S>/`, each
+//!   2 supervised) trained on the run engine under `<ctx.runs>/lego/code-<H>/<label>-seed<S>/`
+//!   (`H`: the hash of the sources behind them, so a code change retrains), each
 //!   once for every claim that needs it, so a second `verify` (or the test) reuses them and
 //!   Ctrl-C resumes.
 //! - **cpu**: read from the committed figures of the CPU presets (`figures/lego/*.json`), no
@@ -411,16 +412,20 @@ impl Quick {
     }
 }
 
-/// Trains one quick run in `<ctx.runs>/lego/<label>-seed<S>/`, or reloads its result.
+/// Trains one quick run in `<ctx.runs>/lego/code-<H>/<label>-seed<S>/`, or reloads its result.
+/// `H` is the hash of the sources behind the LEGO models: a kernel change that only moves
+/// rounding can flip a quick claim (paper_notes 2.12), so runs of other code are never reused.
 fn train_quick(
     preset: &Preset,
     run: &LegoRun,
     ctx: &Ctx,
     dev: &candle_core::Device,
 ) -> Result<RunResult> {
+    let code = crate::figures::source_hash("lego");
     let dir = ctx
         .runs
         .join("lego")
+        .join(format!("code-{}", &code[..code.len().min(12)]))
         .join(format!("{}-seed{}", run.label, run.seed));
     let key = run_key(preset, run)?;
     let done = dir.join("result.json");
