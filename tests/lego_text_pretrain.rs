@@ -122,3 +122,88 @@ fn transfer_copies_the_encoder_and_each_lego_tokens_text_embedding() {
         "the output layer is the LEGO model's own"
     );
 }
+
+#[test]
+fn a_run_stopped_in_text_pretraining_resumes_to_the_same_result() {
+    use attnlab::lego::config::{LegoTaskConfig, Loss, Preset, TrainConfig};
+    use attnlab::lego::train::{train_run, RunOpts};
+    use attnlab::run::{exit_code, Identity, RunDir};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let d = tempfile::tempdir().unwrap();
+    let text = d.path().join("corpus.txt");
+    std::fs::write(&text, cyclic_text(100)).unwrap();
+    let mut pc = pretrain(12);
+    pc.corpus = text;
+    let p = Preset {
+        provisional: true,
+        note: "test".into(),
+        seeds: vec![0],
+        task: Some(LegoTaskConfig {
+            n_var: 3,
+            train_vars: 3,
+            n_train: 100,
+            n_test: 50,
+        }),
+        program: None,
+        model: model(),
+        train: TrainConfig {
+            epochs: 2,
+            batch_size: 50,
+            optim: common::adam_cosine(3e-3),
+            loss: Loss::Bce,
+            eval_every: 1,
+        },
+        mimic: None,
+        pretrain: Some(pc),
+        lego_attention: None,
+        convolution: None,
+    };
+    let run = LegoRun::new("t", Arch::Bert, Init::Text, 4);
+    let dev = attnlab::nn::device().unwrap();
+    let never = || false;
+    let opts = RunOpts {
+        dir: None,
+        stop: &never,
+        progress: None,
+        dev: &dev,
+    };
+    let full = train_run(&p, &run, 10, &opts).unwrap();
+    assert_eq!(full.pretrain_losses.len(), 12);
+    let stages: Vec<&str> = full.head_scores.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(stages, ["init", "pretrained", "trained"]);
+    let run_dir = d.path().join("run");
+    let identity = || Identity::of(&("t", 4), "tiny", 4).unwrap();
+    // stopped before pretraining step 6, then before LEGO step 2
+    let calls = AtomicUsize::new(0);
+    for n in [6, 7 + 2] {
+        calls.store(0, Ordering::SeqCst);
+        let calls = &calls;
+        let stop = move || calls.fetch_add(1, Ordering::SeqCst) + 1 == n;
+        let dir = RunDir::open(&run_dir, identity()).unwrap();
+        let stopped = RunOpts {
+            dir: Some(&dir),
+            stop: &stop,
+            progress: None,
+            dev: &dev,
+        };
+        let e = train_run(&p, &run, 10, &stopped).unwrap_err();
+        assert_eq!(exit_code(&e), 130, "{e:#}");
+    }
+    assert!(run_dir.join("pretrain.checkpoint.safetensors").exists());
+    assert!(run_dir.join("checkpoint.safetensors").exists());
+    let dir = RunDir::open(&run_dir, identity()).unwrap();
+    let resumed = train_run(
+        &p,
+        &run,
+        10,
+        &RunOpts {
+            dir: Some(&dir),
+            ..opts
+        },
+    )
+    .unwrap();
+    assert_eq!(resumed.pretrain_losses, full.pretrain_losses);
+    assert_eq!(resumed.pretrain, full.pretrain);
+    assert_eq!(resumed.losses, full.losses);
+    assert_eq!(resumed.head_scores, full.head_scores);
+}
