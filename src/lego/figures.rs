@@ -582,9 +582,9 @@ pub fn grouped_bars(line: &Chart, groups: Vec<String>, x_label: &str, seeds: usi
         bars.push((s.label.clone(), s.color, at(&s.y), spread));
     }
     let spread = if seeds > 1 {
-        format!(" (mean; error bars min-max of {seeds} seeds)")
+        format!(", mean; bars min-max of {seeds} seeds")
     } else {
-        " (1 seed)".to_string()
+        ", 1 seed".to_string()
     };
     bar_chart(
         format!("{}{spread}", line.title),
@@ -684,7 +684,7 @@ fn shortcuts(ctx: &FigureContext) -> Result<FigureOutput> {
     let names: Vec<String> = variants.iter().map(|v| v.name().to_string()).collect();
     let x: Vec<f64> = (1..=variants.len()).map(|i| i as f64).collect();
     let mut rob = Chart {
-        title: "accuracy per test variant (mean over positions)".into(),
+        title: "accuracy per test variant, all positions".into(),
         x_label: "test variant".into(),
         y_label: "test accuracy".into(),
         legend: Corner::UpperLeft,
@@ -741,7 +741,7 @@ fn shortcuts(ctx: &FigureContext) -> Result<FigureOutput> {
         })
         .collect();
     let pp = per_position_chart(
-        "per position on shuffled test sentences",
+        "per position, shuffled test sentences",
         &shuffled,
         r.train_vars,
         &|l| l.to_string(),
