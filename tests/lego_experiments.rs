@@ -38,6 +38,7 @@ fn fixed_structured_heads_learn_the_deepest_position_where_random_init_does_not(
             seeds: Some(&[0, 1, 2]),
             only: Some(&only),
             dir: dir.path(),
+            committed: None,
             stop: &never,
             log: &mut |_| {},
             verbose: false,

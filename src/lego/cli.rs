@@ -178,6 +178,7 @@ fn lego_train(a: LegoTrainArgs) -> Result<()> {
             seeds: seeds.as_deref(),
             only: a.only.as_deref(),
             dir: &out,
+            committed: None,
             stop: &crate::interrupt::requested,
             log: &mut |m| eprintln!("{m}"),
             verbose: true,

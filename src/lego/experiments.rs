@@ -133,6 +133,10 @@ pub struct ExperimentOpts<'a> {
     pub only: Option<&'a [String]>,
     /// Root of the run directories (`<dir>/<preset>/<run>/`).
     pub dir: &'a Path,
+    /// Root of committed per-run results (`<committed>/<preset>/<run>/result.json`), read when
+    /// the run directory has none and written for every run obtained otherwise, so that a fresh
+    /// checkout redraws instead of retraining.
+    pub committed: Option<&'a Path>,
     /// Polled before every update: true saves and stops with [`crate::run::Interrupted`].
     pub stop: &'a (dyn Fn() -> bool + Sync),
     /// Progress lines (training, reusing, done).
@@ -157,6 +161,37 @@ fn reuse<R: DeserializeOwned>(dir: &Path, same: impl Fn(&R) -> bool) -> Result<O
         )
     })?;
     Ok(same(&r).then_some(r))
+}
+
+/// The result of the run `name` in `out` or else in `committed` (when written by the same run,
+/// `same`); a result found only in `out` is copied to `committed`.
+fn reuse_or_committed<R: DeserializeOwned + Serialize>(
+    out: &Path,
+    committed: Option<&Path>,
+    name: &str,
+    same: impl Fn(&R) -> bool,
+) -> Result<Option<(R, std::path::PathBuf)>> {
+    if let Some(r) = reuse(&out.join(name), &same)? {
+        commit(committed, name, &r)?;
+        return Ok(Some((r, out.join(name).join("result.json"))));
+    }
+    if let Some(c) = committed {
+        if let Some(r) = reuse(&c.join(name), &same)? {
+            return Ok(Some((r, c.join(name).join("result.json"))));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes `r` as the committed result of run `name`, unless one is there.
+fn commit<R: Serialize>(committed: Option<&Path>, name: &str, r: &R) -> Result<()> {
+    if let Some(c) = committed {
+        let path = c.join(name).join("result.json");
+        if !path.exists() {
+            crate::io::write_json(&path, r)?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens `dir` for the run `(run, key)` under `preset`.
@@ -203,16 +238,17 @@ pub fn run_experiment(
     }
     let log = opts.log;
     let out = opts.dir.join(preset_name.name());
+    let committed = opts.committed.map(|c| c.join(preset_name.name()));
+    let committed = committed.as_deref();
     let mut results = Vec::new();
     for run in &runs {
-        let dir = out.join(format!("{}-seed{}", slug(&run.label), run.seed));
+        let name = format!("{}-seed{}", slug(&run.label), run.seed);
+        let dir = out.join(&name);
         let key = run_key(preset, run)?;
         let what = format!("{} seed {}", run.label, run.seed);
-        if let Some(r) = reuse(&dir, |r: &RunResult| r.run == *run && r.key == key)? {
-            log(&format!(
-                "{what}: reusing {}",
-                dir.join("result.json").display()
-            ));
+        let same = |r: &RunResult| r.run == *run && r.key == key;
+        if let Some((r, from)) = reuse_or_committed(&out, committed, &name, same)? {
+            log(&format!("{what}: reusing {}", from.display()));
             results.push(r);
             continue;
         }
@@ -227,6 +263,7 @@ pub fn run_experiment(
         let r = train_run(preset, run, HEAD_SCORE_SENTENCES, &ro)
             .with_context(|| format!("run `{}` seed {}", run.label, run.seed))?;
         crate::io::write_json(&dir.join("result.json"), &r)?;
+        commit(committed, &name, &r)?;
         log(&format!(
             "{what}: done in {:.0}s, per position {:?}",
             r.seconds,
@@ -239,14 +276,13 @@ pub fn run_experiment(
     }
     let mut programs = Vec::new();
     for run in &program_runs {
-        let dir = out.join(format!("program-{}-seed{}", slug(&run.label), run.seed));
+        let name = format!("program-{}-seed{}", slug(&run.label), run.seed);
+        let dir = out.join(&name);
         let key = program_key(preset)?;
         let what = format!("program {} seed {}", run.label, run.seed);
-        if let Some(r) = reuse(&dir, |r: &ProgramResult| r.run == *run && r.key == key)? {
-            log(&format!(
-                "{what}: reusing {}",
-                dir.join("result.json").display()
-            ));
+        let same = |r: &ProgramResult| r.run == *run && r.key == key;
+        if let Some((r, from)) = reuse_or_committed(&out, committed, &name, same)? {
+            log(&format!("{what}: reusing {}", from.display()));
             programs.push(r);
             continue;
         }
@@ -261,6 +297,7 @@ pub fn run_experiment(
         let r = train_program_run(preset, run, &ro)
             .with_context(|| format!("program run `{}` seed {}", run.label, run.seed))?;
         crate::io::write_json(&dir.join("result.json"), &r)?;
+        commit(committed, &name, &r)?;
         log(&format!(
             "{what}: done in {:.0}s, accuracy {:.3} (majority {:.3})",
             r.seconds, r.accuracy, r.majority

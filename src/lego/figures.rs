@@ -101,6 +101,10 @@ fn results(ctx: &FigureContext) -> Result<(LegoExperiment, ExperimentResults)> {
         .file_name()
         .context("experiment.out_dir has no last component")?;
     let dir = ctx.runs.join("lego").join(group);
+    // the CPU preset's per-run results are committed beside the figures (figures/lego/runs/)
+    let committed = (ctx.preset == crate::config::Preset::Cpu)
+        .then(|| committed_runs(ctx.config).map(|c| c.join(group)))
+        .flatten();
     let quiet = ctx.quiet;
     let dev = crate::nn::device()?;
     let res = run_experiment(
@@ -110,6 +114,7 @@ fn results(ctx: &FigureContext) -> Result<(LegoExperiment, ExperimentResults)> {
             seeds: None,
             only: None,
             dir: &dir,
+            committed: committed.as_deref(),
             stop: &crate::interrupt::requested,
             log: &mut |m| {
                 if !quiet {
@@ -121,6 +126,12 @@ fn results(ctx: &FigureContext) -> Result<(LegoExperiment, ExperimentResults)> {
         },
     )?;
     Ok((exp, res))
+}
+
+/// `<repository>/figures/lego/runs` for a config `<repository>/experiments/lego/<file>`.
+pub fn committed_runs(config: &Path) -> Option<std::path::PathBuf> {
+    let repo = config.parent()?.parent()?.parent()?;
+    Some(repo.join("figures").join("lego").join("runs"))
 }
 
 fn per_position(ctx: &FigureContext) -> Result<FigureOutput> {
