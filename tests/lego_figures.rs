@@ -322,3 +322,46 @@ fn committed_head_scores_and_shortcuts_read_as_heatmaps_and_bars() {
 fn redraw_committed_figures_in_place() {
     redraw_committed(Path::new("figures/lego"));
 }
+
+/// A run's result is copied to the committed directory, and a checkout with only the committed
+/// copy reuses it instead of training.
+#[test]
+fn committed_results_are_written_and_reused_without_training() {
+    use attnlab::lego::experiments::{run_experiment, ExperimentOpts};
+    let exp = config::load(Path::new("experiments/lego/length_extrapolation.toml")).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let committed = d.path().join("committed");
+    let dev = attnlab::nn::device().unwrap();
+    let only = ["bert-random".to_string()];
+    let mut run = |dir: &Path, log: &mut Vec<String>| {
+        run_experiment(
+            &exp,
+            attnlab::config::Preset::Tiny,
+            ExperimentOpts {
+                seeds: None,
+                only: Some(&only),
+                dir,
+                committed: Some(&committed),
+                stop: &|| false,
+                log: &mut |m| log.push(m.to_string()),
+                verbose: false,
+                dev: &dev,
+            },
+        )
+        .unwrap()
+    };
+    let mut first = Vec::new();
+    let a = run(&d.path().join("a"), &mut first);
+    assert!(first.iter().any(|m| m.ends_with("training")), "{first:?}");
+    let copy = committed.join("tiny/bert-random-seed0/result.json");
+    assert!(copy.exists());
+    let mut second = Vec::new();
+    let b = run(&d.path().join("b"), &mut second);
+    assert!(
+        second.iter().all(|m| !m.ends_with("training"))
+            && second.iter().any(|m| m.contains(copy.to_str().unwrap())),
+        "{second:?}"
+    );
+    assert_eq!(a.results, b.results);
+    assert!(!d.path().join("b/tiny/bert-random-seed0").exists());
+}
