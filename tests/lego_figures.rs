@@ -333,7 +333,7 @@ fn committed_results_are_written_and_reused_without_training() {
     let committed = d.path().join("committed");
     let dev = attnlab::nn::device().unwrap();
     let only = ["bert-random".to_string()];
-    let mut run = |dir: &Path, log: &mut Vec<String>| {
+    let run = |dir: &Path, log: &mut Vec<String>| {
         run_experiment(
             &exp,
             attnlab::config::Preset::Tiny,
