@@ -75,6 +75,28 @@ fn deepest(src: &dyn Source, label: &str, seed: u64) -> Result<f64> {
     Ok(p[src.train_vars().min(p.len()).max(1) - 1])
 }
 
+/// Per seed, the smaller of (`label`'s accuracy at the deepest supervised position minus
+/// [`LEARNED`]) and ([`LEARNED`] minus random init's): at least 0 exactly when `label` learns the
+/// position and random init does not; with the note naming both.
+fn learns_deepest(
+    src: &dyn Source,
+    seeds: &[u64],
+    label: &str,
+    name: &str,
+) -> Result<(Vec<f64>, String)> {
+    let at = |l: &str| -> Result<Vec<f64>> { seeds.iter().map(|&s| deepest(src, l, s)).collect() };
+    let (x, r) = (at(label)?, at(BERT)?);
+    let v = x
+        .iter()
+        .zip(&r)
+        .map(|(x, r)| (x - LEARNED).min(LEARNED - r))
+        .collect();
+    Ok((
+        v,
+        format!("deepest supervised position: {name} {x:.3?}, random init {r:.3?}"),
+    ))
+}
+
 /// Supervised accuracy on chain-ordered minus on shuffled test sentences.
 fn order_gap(src: &dyn Source, label: &str, seed: u64) -> Result<f64> {
     let tv = src.train_vars();
@@ -188,19 +210,7 @@ fn claim(name: &str, src: &dyn Source) -> Result<Measured> {
                 ),
             )
         }
-        "fixed-heads-deepest-position" => {
-            let f = per_seed(&|s| deepest(src, BERT_FIXED, s))?;
-            let r = per_seed(&|s| deepest(src, BERT, s))?;
-            let v = f
-                .iter()
-                .zip(&r)
-                .map(|(f, r)| (f - LEARNED).min(LEARNED - r))
-                .collect();
-            (
-                v,
-                format!("deepest supervised position: fixed heads {f:.3?}, random init {r:.3?}"),
-            )
-        }
+        "fixed-heads-deepest-position" => learns_deepest(src, &seeds, BERT_FIXED, "fixed heads")?,
         "mimicking-installs-heads" => {
             let v = per_seed(&|s| {
                 let h = src.heads(MIMIC, "mimicked", s)?;
@@ -246,21 +256,7 @@ fn claim(name: &str, src: &dyn Source) -> Result<Measured> {
                 ),
             )
         }
-        "text-pretraining-helps" => {
-            let t = per_seed(&|s| deepest(src, TEXT, s))?;
-            let r = per_seed(&|s| deepest(src, BERT, s))?;
-            let v = t
-                .iter()
-                .zip(&r)
-                .map(|(t, r)| (t - LEARNED).min(LEARNED - r))
-                .collect();
-            (
-                v,
-                format!(
-                    "deepest supervised position: text-pretrained {t:.3?}, random init {r:.3?}"
-                ),
-            )
-        }
+        "text-pretraining-helps" => learns_deepest(src, &seeds, TEXT, "text-pretrained")?,
         "text-pretraining-supervised" => {
             let t = per_seed(&|s| sup(src, TEXT, s))?;
             let r = per_seed(&|s| sup(src, BERT, s))?;
