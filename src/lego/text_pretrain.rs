@@ -180,6 +180,7 @@ impl Corpus {
 }
 
 /// A masked batch: inputs, targets and the masked positions (weights), all `(B, T)`.
+#[derive(Clone)]
 struct Masked {
     inputs: Vec<u32>,
     targets: Vec<u32>,
@@ -369,11 +370,7 @@ impl<'a> TextTrainer<'a> {
     /// Masked-word accuracy on the held-out windows over the masked words that are in the
     /// vocabulary (`[UNK]` targets, which the model may learn to predict, left out).
     pub fn held_out_known(&self) -> Result<f64> {
-        let mut known = Masked {
-            inputs: self.eval.inputs.clone(),
-            targets: self.eval.targets.clone(),
-            weights: self.eval.weights.clone(),
-        };
+        let mut known = self.eval.clone();
         for (w, &t) in known.weights.iter_mut().zip(&known.targets) {
             if t == UNK {
                 *w = 0.0;
