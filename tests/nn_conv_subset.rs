@@ -266,6 +266,8 @@ fn the_program_config_names_its_maps() {
         label: "x".into(),
         kernel_size: 3,
         maps,
+        fixed_local: 0,
+        fixed_association: 0,
     };
     assert!(c(vec![QkvMap::Query, QkvMap::Key, QkvMap::Value])
         .qkv_conv_maps()

@@ -46,12 +46,18 @@ trait Source {
     fn heads(&self, label: &str, stage: &str, seed: u64) -> Result<Vec<Vec<(f64, f64)>>>;
     /// Exact forward FLOPs per sentence of `label` and the model's (layers, hidden, heads, T).
     fn flops(&self, label: &str, seed: u64) -> Result<(u64, [u64; 4])>;
-    /// Program accuracy of the convolution study (`linear`, `conv3`).
-    fn program(&self, conv: bool, seed: u64) -> Result<f64>;
+    /// Program accuracy of the convolution study's config `label`.
+    fn program(&self, label: &str, seed: u64) -> Result<f64>;
     /// Best association and best window locality over the heads of the text-pretrained model
     /// at `stage`, one value per seed.
     fn text_heads(&self, stage: &str) -> Result<[Vec<f64>; 2]>;
 }
+
+/// Config labels of the convolution study (`experiments/lego/convolution.toml`).
+const PROGRAM_LINEAR: &str = "linear q/k/v";
+const PROGRAM_CONV: &str = "conv3 q/k/v";
+const PROGRAM_FIXED: &str = "1 local + 1 association";
+const PROGRAM_FIXED_CONV: &str = "1 local + 1 association, conv3 q/k/v";
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -278,11 +284,18 @@ fn claim(name: &str, src: &dyn Source) -> Result<Measured> {
                 ),
             )
         }
-        "convolution-programs" => {
-            let c = per_seed(&|s| src.program(true, s))?;
-            let l = per_seed(&|s| src.program(false, s))?;
-            let v = c.iter().zip(&l).map(|(c, l)| c - l).collect();
-            (v, format!("program accuracy conv3 {c:.3?}, linear {l:.3?}"))
+        "convolution-programs"
+        | "convolution-programs-fixed-heads"
+        | "structured-attention-programs" => {
+            let (a, b) = match name {
+                "convolution-programs" => (PROGRAM_CONV, PROGRAM_LINEAR),
+                "convolution-programs-fixed-heads" => (PROGRAM_FIXED_CONV, PROGRAM_FIXED),
+                _ => (PROGRAM_FIXED, PROGRAM_LINEAR),
+            };
+            let x = per_seed(&|s| src.program(a, s))?;
+            let y = per_seed(&|s| src.program(b, s))?;
+            let v = x.iter().zip(&y).map(|(x, y)| x - y).collect();
+            (v, format!("program accuracy `{a}` {x:.3?}, `{b}` {y:.3?}"))
         }
         n => bail!("no measurement for claim `lego/{n}`: add one in src/lego/claims.rs"),
     };
@@ -493,7 +506,7 @@ impl Source for Quick {
         let shape = [m.layers, m.hidden, m.heads, seq_len(n)].map(|x| x as u64);
         Ok((r.forward_flops, shape))
     }
-    fn program(&self, _conv: bool, _seed: u64) -> Result<f64> {
+    fn program(&self, _label: &str, _seed: u64) -> Result<f64> {
         bail!("the program runs are not part of the quick scale")
     }
     fn text_heads(&self, _stage: &str) -> Result<[Vec<f64>; 2]> {
@@ -657,13 +670,8 @@ impl Source for Figures {
         let [l, d, h, n] = self.model;
         Ok((f as u64, [l, d, h, seq_len(n as usize) as u64]))
     }
-    fn program(&self, conv: bool, _seed: u64) -> Result<f64> {
-        let series = if conv {
-            "program conv3 q/k/v"
-        } else {
-            "program linear q/k/v"
-        };
-        self.num("convolution", &[series, "accuracy"])
+    fn program(&self, label: &str, _seed: u64) -> Result<f64> {
+        self.num("convolution", &[&format!("program {label}"), "accuracy"])
     }
     fn text_heads(&self, stage: &str) -> Result<[Vec<f64>; 2]> {
         Ok([

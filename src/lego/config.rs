@@ -296,13 +296,19 @@ pub struct ConvolutionStudy {
 /// One compared model: a depthwise 1-D convolution over positions of width `kernel_size` (odd,
 /// centred) after the projections that `maps` lists (any non-empty subset of `"query"`, `"key"`,
 /// `"value"`; the toolkit's `qkv_conv_maps`); `kernel_size = 1` with `maps = []` is the plain
-/// linear model.
+/// linear model. `fixed_local` / `fixed_association` heads per layer attend by the fixed
+/// patterns of the LEGO attention module (window and same-token maps of the model's input)
+/// instead of learned scores.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConvolutionConfig {
     pub label: String,
     pub kernel_size: usize,
     pub maps: Vec<QkvMap>,
+    #[serde(default)]
+    pub fixed_local: usize,
+    #[serde(default)]
+    pub fixed_association: usize,
 }
 
 impl ConvolutionConfig {

@@ -76,10 +76,13 @@ pub fn expand_runs(exp: &LegoExperiment, preset: &Preset, seeds: &[u64]) -> Resu
                 for c in &conv.configs {
                     for &s in seeds {
                         let k = c.qkv_conv();
-                        let label = if k == 0 { PLAIN_LEGO } else { c.label.as_str() };
+                        let plain = k == 0 && c.fixed_local + c.fixed_association == 0;
+                        let label = if plain { PLAIN_LEGO } else { c.label.as_str() };
                         let mut r = LegoRun::new(label, Arch::Bert, Init::Random, s);
                         r.qkv_conv = k;
                         r.qkv_conv_maps = c.qkv_conv_maps();
+                        r.fixed_local = c.fixed_local;
+                        r.fixed_association = c.fixed_association;
                         runs.push(r);
                     }
                 }
@@ -109,6 +112,8 @@ pub fn expand_program_runs(
                 label: c.label.clone(),
                 qkv_conv: c.qkv_conv(),
                 qkv_conv_maps: c.qkv_conv_maps(),
+                fixed_local: c.fixed_local,
+                fixed_association: c.fixed_association,
                 seed: s,
             })
         })

@@ -7,7 +7,7 @@
 
 use crate::lego::config::{optim_for, Preset, ProgramTaskConfig};
 use crate::lego::epochs::{loss_diverged, update, Epochs};
-use crate::lego::model::encoder_config;
+use crate::lego::model::{encoder_config, fixed_patterns};
 use crate::lego::program::{sample_programs, Program, ProgramBatch, PROGRAM_VOCAB_SIZE};
 use crate::lego::seeds;
 use crate::lego::train::RunOpts;
@@ -29,7 +29,17 @@ pub struct ProgramRun {
     /// of the all-three studies stay as they were).
     #[serde(default, skip_serializing_if = "QkvConvMaps::is_all")]
     pub qkv_conv_maps: QkvConvMaps,
+    /// Heads per layer with the fixed local (window) and association (same-token) patterns of
+    /// the LEGO attention module (left out when 0, so earlier run identities stay as they were).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fixed_local: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fixed_association: usize,
     pub seed: u64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One evaluation during training.
@@ -82,6 +92,7 @@ pub fn program_transformer_config(preset: &Preset, run: &ProgramRun) -> Result<T
         n_out: p.modulus as usize,
         qkv_conv: run.qkv_conv,
         qkv_conv_maps: run.qkv_conv_maps,
+        fixed_heads: run.fixed_local + run.fixed_association,
         ..encoder_config(m)
     })
 }
@@ -102,10 +113,12 @@ struct ProgramTensors {
     rows: Tensor,
     targets: Tensor,
     present: Tensor,
+    /// Fixed-head patterns `(B, fixed, T, T)`, when the model has fixed heads.
+    patterns: Option<Tensor>,
     shape: (usize, usize, usize),
 }
 
-fn tensors(batch: &ProgramBatch, dev: &Device) -> Result<ProgramTensors> {
+fn tensors(batch: &ProgramBatch, run: &ProgramRun, dev: &Device) -> Result<ProgramTensors> {
     let (b, t) = batch.tokens.dim();
     let np = batch.outputs.ncols();
     // query i may attend to key j iff j is a real token
@@ -125,6 +138,9 @@ fn tensors(batch: &ProgramBatch, dev: &Device) -> Result<ProgramTensors> {
         rows: Tensor::from_vec(rows, b * np, dev)?,
         targets: Tensor::from_vec(batch.outputs.iter().copied().collect(), (b, np), dev)?,
         present: Tensor::from_vec(batch.present.iter().copied().collect(), (b, np), dev)?,
+        patterns: (run.fixed_local + run.fixed_association > 0)
+            .then(|| fixed_patterns(&batch.tokens, run.fixed_local, run.fixed_association, dev))
+            .transpose()?,
         shape: (b, t, np),
     })
 }
@@ -135,6 +151,7 @@ fn print_logits(model: &Transformer, pt: &ProgramTensors) -> Result<Tensor> {
         &pt.tokens,
         ForwardOpts {
             mask: Some(&pt.mask),
+            patterns: pt.patterns.as_ref(),
             ..Default::default()
         },
     )?;
@@ -148,11 +165,16 @@ fn print_logits(model: &Transformer, pt: &ProgramTensors) -> Result<Tensor> {
 }
 
 /// Accuracy over every print and per print index, in chunks of 250 programs.
-fn evaluate(model: &Transformer, test: &[Program], dev: &Device) -> Result<(f64, Vec<f64>)> {
+fn evaluate(
+    model: &Transformer,
+    run: &ProgramRun,
+    test: &[Program],
+    dev: &Device,
+) -> Result<(f64, Vec<f64>)> {
     let (mut hit, mut cnt) = (Vec::<f64>::new(), Vec::<f64>::new());
     for chunk in test.chunks(250) {
         let batch = ProgramBatch::new(chunk)?;
-        let pt = tensors(&batch, dev)?;
+        let pt = tensors(&batch, run, dev)?;
         let pred = print_logits(model, &pt)?
             .argmax(candle_core::D::Minus1)?
             .to_vec2::<u32>()?;
@@ -201,6 +223,7 @@ pub fn majority_baseline(train: &[Program], test: &[Program], modulus: u32) -> f
 /// Program execution on a fixed training set: epochs reshuffled by the run's stream (as the
 /// LEGO trainer's), test accuracy over every print every `eval_every` epochs.
 pub struct ProgramTrainer {
+    run: ProgramRun,
     model: Transformer,
     varmap: VarMap,
     dev: Device,
@@ -230,6 +253,7 @@ impl ProgramTrainer {
         let opt = Optimizer::new(optim_for(&tc.optim, epochs.total), &varmap)
             .context("invalid value in `train.optim`")?;
         Ok(Self {
+            run: run.clone(),
             model,
             varmap,
             dev: dev.clone(),
@@ -266,7 +290,7 @@ impl Trainer for ProgramTrainer {
     fn step(&mut self, step: u64) -> Result<StepOutcome> {
         let idx = self.epochs.batch(step);
         let progs: Vec<Program> = idx.iter().map(|&i| self.train[i].clone()).collect();
-        let pt = tensors(&ProgramBatch::new(&progs)?, &self.dev)?;
+        let pt = tensors(&ProgramBatch::new(&progs)?, &self.run, &self.dev)?;
         let z = print_logits(&self.model, &pt)?;
         let loss = crate::nn::cross_entropy(&z, &pt.targets, Some(&pt.present))?;
         let out = update(&loss, &mut self.opt)?;
@@ -278,7 +302,7 @@ impl Trainer for ProgramTrainer {
     }
 
     fn evaluate(&mut self, step: u64) -> Result<Vec<f64>> {
-        let (acc, _) = evaluate(&self.model, &self.test, &self.dev)?;
+        let (acc, _) = evaluate(&self.model, &self.run, &self.test, &self.dev)?;
         let [epoch, loss] = self.epochs.summary(step);
         Ok(vec![epoch, loss, acc])
     }
@@ -331,7 +355,7 @@ pub fn train_program_run(
             accuracy: r[b + 2],
         })
         .collect();
-    let (accuracy, per_print) = evaluate(&tr.model, &tr.test, &tr.dev)?;
+    let (accuracy, per_print) = evaluate(&tr.model, run, &tr.test, &tr.dev)?;
     let t = max_program_len(pc);
     let cfg = tr.model.cfg.clone();
     Ok(ProgramResult {

@@ -237,6 +237,14 @@ impl Preset {
                         cc.label
                     ),
                 )?;
+                require(
+                    cc.fixed_local.saturating_add(cc.fixed_association) <= self.model.heads,
+                    "convolution.configs.fixed_local",
+                    format!(
+                        "config `{}`: fixed_local + fixed_association is more than model.heads = {}",
+                        cc.label, self.model.heads
+                    ),
+                )?;
             }
             // programs always train with cross-entropy; `train.loss` names the LEGO runs' loss
             require(
