@@ -364,4 +364,18 @@ fn committed_results_are_written_and_reused_without_training() {
     );
     assert_eq!(a.results, b.results);
     assert!(!d.path().join("b/tiny/bert-random-seed0").exists());
+    // a committed result of another config is stale: the next training replaces it
+    let text = std::fs::read_to_string(&copy).unwrap();
+    let key = serde_json::to_string(&a.results[0].key).unwrap();
+    let stale = text.replacen(&key, "\"an older config\"", 1);
+    assert_ne!(stale, text);
+    std::fs::write(&copy, stale).unwrap();
+    let mut third = Vec::new();
+    let c = run(&d.path().join("c"), &mut third);
+    assert!(third.iter().any(|m| m.ends_with("training")), "{third:?}");
+    let now = std::fs::read_to_string(&copy).unwrap();
+    assert!(
+        now.contains(&key) && !now.contains("an older config"),
+        "{now}"
+    );
 }

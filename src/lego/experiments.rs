@@ -177,7 +177,7 @@ fn reuse_or_committed<R: DeserializeOwned + Serialize>(
     same: impl Fn(&R) -> bool,
 ) -> Result<Option<(R, std::path::PathBuf)>> {
     if let Some(r) = reuse(&out.join(name), &same)? {
-        commit(committed, name, &r)?;
+        commit(committed, name, &r, &same)?;
         return Ok(Some((r, out.join(name).join("result.json"))));
     }
     if let Some(c) = committed {
@@ -188,12 +188,17 @@ fn reuse_or_committed<R: DeserializeOwned + Serialize>(
     Ok(None)
 }
 
-/// Writes `r` as the committed result of run `name`, unless one is there.
-fn commit<R: Serialize>(committed: Option<&Path>, name: &str, r: &R) -> Result<()> {
+/// Writes `r` as the committed result of run `name`, unless that already holds the same run
+/// (`same`): a result of another run or config there is stale and is replaced.
+fn commit<R: Serialize + DeserializeOwned>(
+    committed: Option<&Path>,
+    name: &str,
+    r: &R,
+    same: impl Fn(&R) -> bool,
+) -> Result<()> {
     if let Some(c) = committed {
-        let path = c.join(name).join("result.json");
-        if !path.exists() {
-            crate::io::write_json(&path, r)?;
+        if !matches!(reuse(&c.join(name), same), Ok(Some(_))) {
+            crate::io::write_json(&c.join(name).join("result.json"), r)?;
         }
     }
     Ok(())
@@ -268,7 +273,7 @@ pub fn run_experiment(
         let r = train_run(preset, run, HEAD_SCORE_SENTENCES, &ro)
             .with_context(|| format!("run `{}` seed {}", run.label, run.seed))?;
         crate::io::write_json(&dir.join("result.json"), &r)?;
-        commit(committed, &name, &r)?;
+        commit(committed, &name, &r, same)?;
         log(&format!(
             "{what}: done in {:.0}s, per position {:?}",
             r.seconds,
@@ -302,7 +307,7 @@ pub fn run_experiment(
         let r = train_program_run(preset, run, &ro)
             .with_context(|| format!("program run `{}` seed {}", run.label, run.seed))?;
         crate::io::write_json(&dir.join("result.json"), &r)?;
-        commit(committed, &name, &r)?;
+        commit(committed, &name, &r, same)?;
         log(&format!(
             "{what}: done in {:.0}s, accuracy {:.3} (majority {:.3})",
             r.seconds, r.accuracy, r.majority
