@@ -378,4 +378,5 @@ fn committed_results_are_written_and_reused_without_training() {
         now.contains(&key) && !now.contains("an older config"),
         "{now}"
     );
+    assert_eq!(c.results[0].per_position, a.results[0].per_position);
 }
