@@ -15,6 +15,7 @@ use attnlab::config::Preset;
 use attnlab::lego::config;
 use attnlab::lego::experiments::{run_experiment, ExperimentOpts};
 use std::path::Path;
+mod common;
 
 /// Accuracy that counts as having learned a chain position (the ledger's rule).
 const LEARNED: f64 = 0.9;
@@ -138,17 +139,10 @@ fn text_pretraining_forms_local_heads_in_every_seed() {
 #[ignore = "trains six program models of the CPU preset (about 15 minutes of a core)"]
 fn convolution_gives_an_edge_on_programs_with_fixed_heads() {
     use attnlab::lego::program_train::{train_program_run, ProgramRun};
-    use attnlab::lego::train::RunOpts;
     let exp = config::load(Path::new("experiments/lego/convolution.toml")).unwrap();
     let p = &exp.cpu;
     let dev = attnlab::nn::device().unwrap();
-    let never = || false;
-    let opts = RunOpts {
-        dir: None,
-        stop: &never,
-        progress: None,
-        dev: &dev,
-    };
+    let opts = common::unsaved_run(&dev);
     let mean_of = |label: &str| {
         let c = p
             .convolution

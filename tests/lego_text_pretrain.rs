@@ -160,13 +160,7 @@ fn a_run_stopped_in_text_pretraining_resumes_to_the_same_result() {
     };
     let run = LegoRun::new("t", Arch::Bert, Init::Text, 4);
     let dev = attnlab::nn::device().unwrap();
-    let never = || false;
-    let opts = RunOpts {
-        dir: None,
-        stop: &never,
-        progress: None,
-        dev: &dev,
-    };
+    let opts = common::unsaved_run(&dev);
     let full = train_run(&p, &run, 10, &opts).unwrap();
     assert_eq!(full.pretrain_losses.len(), 12);
     let stages: Vec<&str> = full.head_scores.iter().map(|s| s.stage.as_str()).collect();

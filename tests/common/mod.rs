@@ -177,3 +177,17 @@ pub fn small_lego_model(max_positions: usize) -> attnlab::lego::config::ModelCon
         max_positions,
     }
 }
+
+fn never() -> bool {
+    false
+}
+
+/// Options of a LEGO or program run kept in memory only, never stopped.
+pub fn unsaved_run(dev: &candle_core::Device) -> attnlab::lego::train::RunOpts<'_> {
+    attnlab::lego::train::RunOpts {
+        dir: None,
+        stop: &never,
+        progress: None,
+        dev,
+    }
+}
