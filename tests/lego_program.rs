@@ -116,7 +116,6 @@ fn fixed_structured_heads_bind_names_where_plain_attention_guesses_among_digits(
     let mut fixed = run("fixed", 0);
     (fixed.fixed_local, fixed.fixed_association) = (1, 1);
     let fixed = train(&p, &fixed, None, 0).unwrap();
-    eprintln!("plain {:?}\nfixed {:?}", plain.curve, fixed.curve);
     assert!(fixed.accuracy >= 0.95, "fixed heads: {:?}", fixed.curve);
     assert!(
         plain.accuracy < 0.6,
@@ -175,25 +174,30 @@ fn stopped_program_run_resumes_identically() {
     assert_eq!(resumed.curve.len(), 3);
 }
 
-#[test]
-fn a_repeated_qkv_map_is_a_config_error_and_a_subset_is_not() {
+/// `experiments/lego/convolution.toml` with its first `from` replaced by `to`, parsed.
+fn convolution_config_with(from: &str, to: &str) -> config::LegoExperiment {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/lego/convolution.toml");
     let text = std::fs::read_to_string(path).unwrap();
-    let bad = text.replacen(
-        "maps = [\"query\", \"key\", \"value\"]",
-        "maps = [\"query\", \"key\"]",
-        1,
-    );
-    assert_ne!(bad, text);
-    let subset: config::LegoExperiment = attnlab::config::parse_toml(&bad).unwrap();
-    subset.validate().unwrap();
-    let bad = text.replacen(
-        "maps = [\"query\", \"key\", \"value\"]",
+    let edited = text.replacen(from, to, 1);
+    assert_ne!(edited, text, "`{from}` is not in the config");
+    attnlab::config::parse_toml(&edited).unwrap()
+}
+
+/// The error `validate` gives `exp`, with its context chain.
+fn config_error(exp: &config::LegoExperiment) -> String {
+    format!("{:#}", exp.validate().unwrap_err())
+}
+
+#[test]
+fn a_repeated_qkv_map_is_a_config_error_and_a_subset_is_not() {
+    let all = "maps = [\"query\", \"key\", \"value\"]";
+    convolution_config_with(all, "maps = [\"query\", \"key\"]")
+        .validate()
+        .unwrap();
+    let err = config_error(&convolution_config_with(
+        all,
         "maps = [\"value\", \"value\"]",
-        1,
-    );
-    let exp: config::LegoExperiment = attnlab::config::parse_toml(&bad).unwrap();
-    let err = format!("{:#}", exp.validate().unwrap_err());
+    ));
     assert!(
         err.contains("convolution.configs.maps") && err.contains("once each"),
         "{err}"
@@ -202,16 +206,10 @@ fn a_repeated_qkv_map_is_a_config_error_and_a_subset_is_not() {
 
 #[test]
 fn more_fixed_heads_than_heads_is_a_config_error() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/lego/convolution.toml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let bad = text.replacen(
+    let err = config_error(&convolution_config_with(
         "maps = []",
         "maps = []\nfixed_local = 3\nfixed_association = 2",
-        1,
-    );
-    assert_ne!(bad, text);
-    let exp: config::LegoExperiment = attnlab::config::parse_toml(&bad).unwrap();
-    let err = format!("{:#}", exp.validate().unwrap_err());
+    ));
     assert!(
         err.contains("convolution.configs.fixed_local") && err.contains("model.heads = 4"),
         "{err}"

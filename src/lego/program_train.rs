@@ -42,6 +42,13 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+impl ProgramRun {
+    /// Fixed heads per layer, local and association together.
+    fn fixed(&self) -> usize {
+        self.fixed_local + self.fixed_association
+    }
+}
+
 /// One evaluation during training.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ProgramCurvePoint {
@@ -92,7 +99,7 @@ pub fn program_transformer_config(preset: &Preset, run: &ProgramRun) -> Result<T
         n_out: p.modulus as usize,
         qkv_conv: run.qkv_conv,
         qkv_conv_maps: run.qkv_conv_maps,
-        fixed_heads: run.fixed_local + run.fixed_association,
+        fixed_heads: run.fixed(),
         ..encoder_config(m)
     })
 }
@@ -138,7 +145,7 @@ fn tensors(batch: &ProgramBatch, run: &ProgramRun, dev: &Device) -> Result<Progr
         rows: Tensor::from_vec(rows, b * np, dev)?,
         targets: Tensor::from_vec(batch.outputs.iter().copied().collect(), (b, np), dev)?,
         present: Tensor::from_vec(batch.present.iter().copied().collect(), (b, np), dev)?,
-        patterns: (run.fixed_local + run.fixed_association > 0)
+        patterns: (run.fixed() > 0)
             .then(|| fixed_patterns(&batch.tokens, run.fixed_local, run.fixed_association, dev))
             .transpose()?,
         shape: (b, t, np),
