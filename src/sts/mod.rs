@@ -6,6 +6,7 @@
 //! | `task.rs` | the task, its encodings and the size limits |
 //! | `seeds.rs` | every random stream, named |
 //! | `model.rs`, `model_candle.rs` | the exact transformer (analytic gradient) and its candle twin |
+//! | `kernel.rs` | the gradient's per-example loop, on SIMD lanes |
 //! | `fcn.rs` | the FCN baseline and its trainer |
 //! | `theory.rs` | predictions and bounds |
 //! | `config.rs` | the run and figure configs |
@@ -21,6 +22,7 @@ pub mod config;
 pub mod experiments;
 pub mod fcn;
 pub mod figures;
+mod kernel;
 pub mod model;
 pub mod model_candle;
 pub mod seeds;
