@@ -60,6 +60,12 @@ fn bad_flags_and_configs_are_clear_errors() {
         "[tiny.model]\nd_model = 16\nheads = 2\nffn = 32\ndropout = 0.1",
         "[tiny.model]\nd_model = 16\nheads = 2\nffn = 32\ndropout = nan",
     );
+    let runs_up = edited_config(
+        tmp.path(),
+        "runs_up.toml",
+        "task = \"dyck\"",
+        "task = \"dyck\"\nruns = \"../elsewhere\"",
+    );
     let text = std::fs::read_to_string(DYCK).unwrap();
     let no_tiny = tmp.path().join("no_tiny.toml");
     std::fs::write(&no_tiny, text.split_once("[tiny]").unwrap().0).unwrap();
@@ -82,6 +88,12 @@ fn bad_flags_and_configs_are_clear_errors() {
             &["optim.eps", "finite", "eps_inf.toml"],
         ),
         ("train", &dropout_nan, vec![], &["model.dropout", "finite"]),
+        (
+            "train",
+            &runs_up,
+            vec![],
+            &["`runs`", "folder name", "runs_up.toml"],
+        ),
         (
             "train",
             DYCK,
@@ -227,6 +239,26 @@ fn bad_flags_and_configs_are_clear_errors() {
         a.extend(args);
         assert_clean_error(&attnlab(&a), 2, needles, &format!("{args:?}"));
     }
+}
+
+/// A variant of a task file (`runs = "<folder>"`) trains into its own folder, so its runs and
+/// the task file's never take each other's place.
+#[test]
+fn a_variant_file_keeps_its_runs_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("runs");
+    let variant = edited_config(
+        tmp.path(),
+        "variant.toml",
+        "task = \"dyck\"",
+        "task = \"dyck\"\nruns = \"dyck_variant\"",
+    );
+    let o = grok("train", &variant, &out, &["--steps", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out
+        .join("dyck_variant/tiny/depth1_seed0/metrics.csv")
+        .exists());
+    assert!(!run_dir(&out).exists(), "the task's own folder stays empty");
 }
 
 #[test]

@@ -9,7 +9,11 @@
 //! ```sh
 //! cargo test --release --test grokking_experiments -- --ignored
 //! cargo test --release --test grokking_experiments -- --ignored question_formation_best_depth
+//! cargo test --release --test grokking_experiments -- --ignored question_formation_at_the_paper
 //! ```
+//!
+//! The last one trains three QF depth-6 runs of the CPU preset at the paper's 100,000 training
+//! sentences (`question_formation_100k.toml`), about 45 minutes of one core.
 
 use attnlab::config::Preset;
 use attnlab::grokking::config::{GrokkingExperiment, Task};
@@ -77,6 +81,35 @@ fn question_formation_depth4_generalises_long_after_in_domain_saturates() {
     assert_structural_grokking("experiments/grokking/question_formation.toml", Task::Qf, 4);
 }
 
+/// The QF runs of `config` at `depth` for seeds 0-2: how many end with generalisation at or
+/// above the threshold (the paper's criterion) and how many reach it at some evaluation.
+fn seeds_grokking(config: &str, depth: usize) -> (usize, usize, Vec<f64>) {
+    let (mut by_final, mut ever, mut finals) = (0, 0, Vec::new());
+    for seed in 0..3 {
+        let (r, thr) = train_cpu(config, Task::Qf, depth, seed);
+        let fin = r.curve.last().expect("a run with no evaluation").gen_acc;
+        by_final += usize::from(fin >= thr);
+        ever += usize::from(r.curve.iter().any(|e| e.gen_acc >= thr));
+        finals.push(fin);
+    }
+    (by_final, ever, finals)
+}
+
+/// At the paper's data size (100,000 training sentences, five times the CPU preset's) the
+/// paper's best depth, 6 layers, ends above the threshold in most seeds (paper: 20 of 20), where
+/// the 20,000-sentence preset ends there in none of 3 (paper_notes.md section 3).
+#[test]
+#[ignore = "trains three question-formation runs at depth 6 on 100,000 sentences (about 45 minutes of one core)"]
+fn question_formation_at_the_paper_data_size_generalises_at_depth_6_in_most_seeds() {
+    let (by_final, ever, finals) =
+        seeds_grokking("experiments/grokking/question_formation_100k.toml", 6);
+    assert!(
+        by_final >= 2,
+        "only {by_final} of 3 seeds at depth 6 end with generalisation >= the threshold (final \
+         accuracies {finals:?}; {ever} of 3 reached it at some evaluation)"
+    );
+}
+
 /// The paper's criterion over seeds: at the best depth, most seeds end with generalisation above
 /// the threshold (QF 6 layers: 20 of 20). At the CPU scale the best QF depth is 8 (3 of 3 seeds
 /// reach 0.8, 2 of 3 end there; depth 6 ends there in 0 of 3: paper_notes.md section 3), so this
@@ -85,20 +118,8 @@ fn question_formation_depth4_generalises_long_after_in_domain_saturates() {
 #[ignore = "trains three question-formation runs at depth 8 for 6,000 steps (about 36 minutes of one core)"]
 fn question_formation_best_depth_groks_in_most_seeds() {
     let depth = 8;
-    let mut finals = Vec::new();
-    let mut ever = 0;
-    for seed in 0..3 {
-        let (r, thr) = train_cpu(
-            "experiments/grokking/question_formation.toml",
-            Task::Qf,
-            depth,
-            seed,
-        );
-        let fin = r.curve.last().expect("a run with no evaluation").gen_acc;
-        ever += usize::from(r.curve.iter().any(|e| e.gen_acc >= thr));
-        finals.push((fin, thr));
-    }
-    let by_final = finals.iter().filter(|(f, thr)| f >= thr).count();
+    let (by_final, ever, finals) =
+        seeds_grokking("experiments/grokking/question_formation.toml", depth);
     assert!(
         by_final >= 2,
         "only {by_final} of 3 seeds at depth {depth} end with generalisation >= the threshold \

@@ -13,13 +13,14 @@
 //! here is an error ("not run").
 
 use super::config::{GrokkingExperiment, Task};
-use super::experiments::{ensure_runs_with, parse_metrics, GrokOnset, RunCurve, TaskRuns};
+use super::experiments::{ensure_runs_with, parse_metrics, run_dir, GrokOnset, RunCurve, TaskRuns};
 use crate::config::Preset;
 use crate::run::Interrupted;
 use crate::verify::{Claim, Ctx, Measured, Scale};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The task files under `<experiments>/grokking/`.
 fn config_file(task: Task) -> &'static str {
@@ -65,6 +66,8 @@ struct Projection {
 struct Evidence {
     /// The runs of each task available at this scale.
     tasks: BTreeMap<String, TaskRuns>,
+    /// The runs of each variant of [`STUDIES`] (cpu only).
+    studies: BTreeMap<String, TaskRuns>,
     /// Where the runs were read from or trained, for the notes.
     source: String,
     /// The projection check of the final checkpoints (cpu only).
@@ -101,41 +104,49 @@ pub fn measure(claims: &[&Claim], ctx: &Ctx) -> Result<Vec<Result<Measured>>> {
         .collect())
 }
 
+/// Variants of a task's CPU preset whose runs are committed beside the tasks' (their own
+/// claims only; the claims over every run read the three tasks alone): key, task file.
+const STUDIES: [(&str, &str); 1] = [("qf_train100k", "question_formation_100k.toml")];
+
+/// The committed CPU-preset runs of the experiment file `path`.
+fn committed_runs_of(ctx: &Ctx, path: &Path) -> Result<TaskRuns> {
+    let root = ctx.figures.join("grokking").join("runs");
+    let exp = GrokkingExperiment::load(path)?;
+    let settings = exp.cpu.clone();
+    let folder = exp.runs_folder();
+    let mut runs = Vec::new();
+    for &depth in &settings.depths {
+        for seed in 0..settings.seeds as u64 {
+            let csv = run_dir(&root, &folder, Preset::Cpu, depth, seed).join("metrics.csv");
+            let rows = parse_metrics(&csv).with_context(|| {
+                format!(
+                    "the committed CPU run of `{}` is missing: run `attnlab figures --only \
+                     grokking/{folder}_accuracy` to train it",
+                    path.display(),
+                )
+            })?;
+            runs.push(RunCurve { depth, seed, rows });
+        }
+    }
+    Ok(TaskRuns {
+        exp,
+        settings,
+        runs,
+    })
+}
+
 /// The committed CPU-preset runs and projection check.
 fn committed(ctx: &Ctx) -> Result<Evidence> {
-    let mut tasks = BTreeMap::new();
     let root = ctx.figures.join("grokking").join("runs");
+    let dir = ctx.experiments.join("grokking");
+    let mut tasks = BTreeMap::new();
     for task in [Task::Dyck, Task::Qf, Task::Ti] {
-        let path = ctx.experiments.join("grokking").join(config_file(task));
-        let exp = GrokkingExperiment::load(&path)?;
-        let settings = exp.cpu.clone();
-        let mut runs = Vec::new();
-        for &depth in &settings.depths {
-            for seed in 0..settings.seeds as u64 {
-                let csv = root
-                    .join(task_name(task))
-                    .join("cpu")
-                    .join(format!("depth{depth}_seed{seed}"))
-                    .join("metrics.csv");
-                let rows = parse_metrics(&csv).with_context(|| {
-                    format!(
-                        "the committed CPU run of `{}` is missing: run `attnlab figures --only \
-                         grokking/{}_accuracy` to train it",
-                        path.display(),
-                        task_name(task)
-                    )
-                })?;
-                runs.push(RunCurve { depth, seed, rows });
-            }
-        }
-        tasks.insert(
-            task_name(task),
-            TaskRuns {
-                exp,
-                settings,
-                runs,
-            },
-        );
+        let runs = committed_runs_of(ctx, &dir.join(config_file(task)))?;
+        tasks.insert(task_name(task), runs);
+    }
+    let mut studies = BTreeMap::new();
+    for (key, file) in STUDIES {
+        studies.insert(key.to_string(), committed_runs_of(ctx, &dir.join(file))?);
     }
     let jsonl = ctx.figures.join("grokking").join("projection_check.jsonl");
     let text = std::fs::read_to_string(&jsonl)
@@ -150,6 +161,7 @@ fn committed(ctx: &Ctx) -> Result<Evidence> {
         .collect::<Result<Vec<_>>>()?;
     Ok(Evidence {
         tasks,
+        studies,
         source: format!("committed runs under `{}`", root.display()),
         projections: Some(projections),
     })
@@ -176,6 +188,7 @@ fn quick(ctx: &Ctx) -> Result<Evidence> {
     }
     Ok(Evidence {
         tasks,
+        studies: BTreeMap::new(),
         source: format!("runs under `{}`", root.display()),
         projections: None,
     })
@@ -189,6 +202,7 @@ impl Evidence {
     fn task(&self, name: &str) -> Result<&TaskRuns> {
         self.tasks
             .get(name)
+            .or_else(|| self.studies.get(name))
             .with_context(|| format!("no `{name}` runs at this scale"))
     }
 
@@ -247,12 +261,12 @@ fn measure_one(c: &Claim, ev: &Evidence) -> Result<Measured> {
         ("qf", "saturates-before-generalising") => gen_at_saturation(ev, task, 6),
         ("qf", "early-stopping-underestimates") => early_stop_gap(ev, task, 6),
         ("ti", "early-stopping-underestimates") => early_stop_gap(ev, task, 4),
-        ("qf", "inverted-u-shallow-side") => fraction_gap(ev, task, 6, &[2]),
-        ("qf", "inverted-u-peak-at-6") => fraction_gap(ev, task, 6, &[4]),
-        ("qf", "inverted-u-deep-side") => deep_side_gap(ev, task, 6, &[8, 10]),
-        ("qf", "tscore-paper-depth-above-shallow") => tscore_gap(ev, task, 6, 2),
+        ("qf" | "qf_train100k", "inverted-u-shallow-side") => fraction_gap(ev, task, 6, &[2]),
+        ("qf" | "qf_train100k", "inverted-u-peak-at-6") => fraction_gap(ev, task, 6, &[4]),
+        ("qf" | "qf_train100k", "inverted-u-deep-side") => deep_side_gap(ev, task, 6, &[8, 10]),
+        ("qf" | "qf_train100k", "tscore-paper-depth-above-shallow") => tscore_gap(ev, task, 6, 2),
         ("ti", "tscore-paper-depth-above-shallow") => tscore_gap(ev, task, 4, 2),
-        ("qf", "groks-over-seeds") => final_fraction(ev, task, 6),
+        ("qf" | "qf_train100k", "groks-over-seeds") => final_fraction(ev, task, 6),
         ("ti", "groks-over-seeds") => final_fraction(ev, task, 4),
         ("qf" | "ti", "groks-over-seeds-at-best-depth") => {
             final_fraction(ev, task, ev.task(task)?.best_depth())

@@ -137,7 +137,7 @@ pub struct RunSelection {
     /// Run only this seed (default: seeds 0..preset.seeds).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Output directory: the root of the run directories (<out>/<task>/<preset>/depth<L>_seed<S>/).
+    /// Output directory: the root of the run directories (<out>/<task, or the file's `runs`>/<preset>/depth<L>_seed<S>/).
     #[arg(long, default_value = "runs/grokking")]
     pub out: PathBuf,
 }
@@ -145,6 +145,8 @@ pub struct RunSelection {
 /// A loaded selection: the task, the preset and its settings, and the (depth, seed) pairs in order.
 struct Selected {
     task: Task,
+    /// The experiment's folder of runs.
+    folder: String,
     preset: Preset,
     settings: Settings,
     runs: Vec<(usize, u64)>,
@@ -190,6 +192,7 @@ impl RunSelection {
             .collect();
         Ok(Selected {
             task: exp.task,
+            folder: exp.runs_folder(),
             preset: self.preset,
             settings,
             runs,
@@ -223,7 +226,7 @@ fn project(a: &ProjectArgs) -> Result<()> {
     let data = RunData::new(sel.task, &sel.settings)?;
     let device = crate::nn::device()?;
     for &(depth, seed) in &sel.runs {
-        let dir = run_dir(&a.runs.out, sel.task, sel.preset, depth, seed);
+        let dir = run_dir(&a.runs.out, &sel.folder, sel.preset, depth, seed);
         let (model, step) = load_run_model(&sel.spec(depth, seed), &data, &dir, &device)?;
         let c = projection_check(&model, &data, a.sentences, &device)?;
         let mut v = serde_json::to_value(&c)?;
@@ -240,7 +243,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     let data = RunData::new(sel.task, &sel.settings)?;
     let device = crate::nn::device()?;
     for &(depth, seed) in &sel.runs {
-        let dir = run_dir(&a.runs.out, sel.task, sel.preset, depth, seed);
+        let dir = run_dir(&a.runs.out, &sel.folder, sel.preset, depth, seed);
         let t0 = std::time::Instant::now();
         let opts = RunOpts {
             dir: dir.clone(),

@@ -38,6 +38,10 @@ pub struct GrokkingExperiment {
     /// What the study shows and which figure it feeds.
     pub description: String,
     pub task: Task,
+    /// The folder of its runs under an output root (default: the task's name), so that a
+    /// variant of a task's presets (another data size) keeps its runs apart from the task's.
+    #[serde(default)]
+    pub runs: Option<String>,
     /// A small run for this machine's CPU.
     pub cpu: Settings,
     /// The paper's settings.
@@ -195,8 +199,26 @@ impl GrokkingExperiment {
         Ok(e)
     }
 
+    /// The folder of its runs: `runs`, or the task's name.
+    pub fn runs_folder(&self) -> String {
+        self.runs
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", self.task).to_lowercase())
+    }
+
     /// Range checks of every preset present.
     pub fn validate(&self) -> Result<()> {
+        if let Some(r) = &self.runs {
+            let ok = !r.is_empty()
+                && r.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                anyhow::bail!(
+                    "invalid value for `runs`: {r:?} must be a folder name of lowercase letters, \
+                     digits and `_` (or leave it out to use the task's name)"
+                );
+            }
+        }
         self.cpu.validate(self.task).context("in [cpu]")?;
         self.paper.validate(self.task).context("in [paper]")?;
         if let Some(t) = &self.tiny {

@@ -195,9 +195,10 @@ impl GrokOnset {
     }
 }
 
-/// Output directory of one run under `root`: `<root>/<task>/<preset>/depth<L>_seed<S>`.
-pub fn run_dir(root: &Path, task: Task, preset: Preset, depth: usize, seed: u64) -> PathBuf {
-    root.join(format!("{task:?}").to_lowercase())
+/// Output directory of one run under `root`: `<root>/<folder>/<preset>/depth<L>_seed<S>`, the
+/// folder being the experiment's [`GrokkingExperiment::runs_folder`] (the task's name by default).
+pub fn run_dir(root: &Path, folder: &str, preset: Preset, depth: usize, seed: u64) -> PathBuf {
+    root.join(folder)
         .join(preset.name())
         .join(format!("depth{depth}_seed{seed}"))
 }
@@ -463,7 +464,7 @@ pub fn ensure_runs(config: &Path, preset: Preset, runs: &Path, quiet: bool) -> R
     ensure_runs_committed(config, preset, runs, None, quiet)
 }
 
-/// [`ensure_runs`] with a folder of committed results, `<committed>/<task>/<preset>/depth<L>_seed<S>/`
+/// [`ensure_runs`] with a folder of committed results, `<committed>/<folder>/<preset>/depth<L>_seed<S>/`
 /// holding each run's `metrics.csv` and `summary.json`: a run complete there
 /// ([`run_is_complete`]) is read from there and not trained; a run trained now has both files
 /// copied there, so that a later call only redraws and a later session can add seeds.
@@ -490,7 +491,7 @@ pub fn ensure_runs_committed(
 }
 
 /// [`ensure_runs`] for settings already loaded (e.g. a preset with `--set` overrides), with the
-/// run directories under `root` (`<root>/<task>/<preset>/depth<L>_seed<S>`).
+/// run directories under `root` (`<root>/<folder>/<preset>/depth<L>_seed<S>`).
 pub fn ensure_runs_with(
     exp: GrokkingExperiment,
     settings: Settings,
@@ -511,6 +512,7 @@ fn ensure_runs_in(
 ) -> Result<TaskRuns> {
     let root = root.to_path_buf();
     let task = exp.task;
+    let folder = exp.runs_folder();
     let steps = settings.train.steps;
     // (depth, seed, where it trains, where its finished files are read from)
     let all: Vec<(usize, u64, PathBuf, PathBuf)> = settings
@@ -518,9 +520,9 @@ fn ensure_runs_in(
         .iter()
         .flat_map(|&d| (0..settings.seeds as u64).map(move |s| (d, s)))
         .map(|(d, s)| {
-            let dir = run_dir(&root, task, preset, d, s);
+            let dir = run_dir(&root, &folder, preset, d, s);
             let read = committed
-                .map(|c| run_dir(c, task, preset, d, s))
+                .map(|c| run_dir(c, &folder, preset, d, s))
                 .filter(|c| run_is_complete(c, d, s, steps))
                 .unwrap_or_else(|| dir.clone());
             (d, s, dir, read)
@@ -536,7 +538,7 @@ fn ensure_runs_in(
         train_pending(task, preset, &settings, &refs, &root, quiet)?;
         if let Some(c) = committed {
             for (d, s, dir) in &pending {
-                let to = run_dir(c, task, preset, *d, *s);
+                let to = run_dir(c, &folder, preset, *d, *s);
                 std::fs::create_dir_all(&to)
                     .with_context(|| format!("creating `{}`", to.display()))?;
                 for f in ["metrics.csv", "summary.json"] {

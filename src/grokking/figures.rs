@@ -28,31 +28,45 @@ use std::path::Path;
 pub fn registered() -> Vec<Figure> {
     let check: fn(&Path) -> Result<()> = |p| GrokkingExperiment::load(p).map(|_| ());
     let mut v = Vec::new();
-    for (t, config) in [
-        ("dyck", "grokking/dyck.toml"),
-        ("qf", "grokking/question_formation.toml"),
-        ("ti", "grokking/tense_inflection.toml"),
-    ] {
-        let (acc, frac, int, tp): (&str, &str, &str, Option<&str>) = match t {
-            "dyck" => (
-                "grokking/dyck_accuracy",
-                "grokking/dyck_grok_fraction",
-                "grokking/dyck_internals",
-                None,
-            ),
-            "qf" => (
-                "grokking/qf_accuracy",
-                "grokking/qf_grok_fraction",
-                "grokking/qf_internals",
-                Some("grokking/qf_tparseval"),
-            ),
-            _ => (
-                "grokking/ti_accuracy",
-                "grokking/ti_grok_fraction",
-                "grokking/ti_internals",
-                Some("grokking/ti_tparseval"),
-            ),
-        };
+    // (task file, accuracy, grok fraction, internals, tparseval)
+    type Names = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+    );
+    let files: [Names; 4] = [
+        (
+            "grokking/dyck.toml",
+            "grokking/dyck_accuracy",
+            "grokking/dyck_grok_fraction",
+            "grokking/dyck_internals",
+            None,
+        ),
+        (
+            "grokking/question_formation.toml",
+            "grokking/qf_accuracy",
+            "grokking/qf_grok_fraction",
+            "grokking/qf_internals",
+            Some("grokking/qf_tparseval"),
+        ),
+        (
+            "grokking/tense_inflection.toml",
+            "grokking/ti_accuracy",
+            "grokking/ti_grok_fraction",
+            "grokking/ti_internals",
+            Some("grokking/ti_tparseval"),
+        ),
+        (
+            "grokking/question_formation_100k.toml",
+            "grokking/qf_train100k_accuracy",
+            "grokking/qf_train100k_grok_fraction",
+            "grokking/qf_train100k_internals",
+            Some("grokking/qf_train100k_tparseval"),
+        ),
+    ];
+    for (config, acc, frac, int, tp) in files {
         v.push(Figure {
             name: acc,
             what: "in-domain and generalisation accuracy vs step (log x), mean and band over seeds, one panel per depth, with each seed's early-stopping point.",
