@@ -105,8 +105,9 @@ pub fn measure(claims: &[&Claim], ctx: &Ctx) -> Result<Vec<Result<Measured>>> {
 }
 
 /// Variants of a task's CPU preset whose runs are committed beside the tasks' (their own
-/// claims only; the claims over every run read the three tasks alone): key, task file.
-const STUDIES: [(&str, &str); 1] = [("qf_train100k", "question_formation_100k.toml")];
+/// claims only, keyed by their `runs` folder; the claims over every run read the three tasks
+/// alone).
+const STUDIES: [&str; 1] = ["question_formation_100k.toml"];
 
 /// The committed CPU-preset runs of the experiment file `path`.
 fn committed_runs_of(ctx: &Ctx, path: &Path) -> Result<TaskRuns> {
@@ -145,8 +146,9 @@ fn committed(ctx: &Ctx) -> Result<Evidence> {
         tasks.insert(task_name(task), runs);
     }
     let mut studies = BTreeMap::new();
-    for (key, file) in STUDIES {
-        studies.insert(key.to_string(), committed_runs_of(ctx, &dir.join(file))?);
+    for file in STUDIES {
+        let runs = committed_runs_of(ctx, &dir.join(file))?;
+        studies.insert(runs.exp.runs_folder(), runs);
     }
     let jsonl = ctx.figures.join("grokking").join("projection_check.jsonl");
     let text = std::fs::read_to_string(&jsonl)

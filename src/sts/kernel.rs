@@ -383,19 +383,10 @@ fn run_task_on<L: Lanes>(task: &Task<L::F>, gmat: &mut [L::F], losses: &mut [L::
     }
 }
 
-/// `sum_k a_k b_k`: eight lanes at a time, then the rest one by one.
+/// `sum_k a_k b_k`: [`dot2`] with nothing beside it.
 #[inline(always)]
 fn dot<L: Lanes>(a: &[L::F], b: &[L::F]) -> L::F {
-    let full = a.len() / 8 * 8;
-    let mut acc = L::zero();
-    for (x, y) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
-        acc = L::fma(L::load(x), L::load(y), acc);
-    }
-    let mut s = L::sum(acc);
-    for (x, y) in a[full..].iter().zip(&b[full..]) {
-        s = x.mul_add(*y, s);
-    }
-    s
+    dot2::<L>(a, b, &[], &[])
 }
 
 /// `a . b + c . d` with one accumulator: the eight-lane blocks of both, then the rest of `a . b`,
