@@ -238,7 +238,7 @@ fn grok_fraction_counts_the_runs_that_reach_the_threshold() {
         .map(|r| (r.2, r.3))
         .collect();
     assert_eq!(frac, vec![(1.0, 1.0), (2.0, 1.0 / 3.0)]);
-    // The paper's criterion, the final value: depth 1 has 0.8 and 0.95 of 3, depth 2 has 1.0.
+    // The final value: depth 1 has 0.8 and 0.95 of 3, depth 2 has 1.0.
     let fin: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.1.starts_with("final generalisation >="))

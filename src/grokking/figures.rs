@@ -76,7 +76,7 @@ pub fn registered() -> Vec<Figure> {
         });
         v.push(Figure {
             name: frac,
-            what: "fraction of seeds that grok vs depth (generalisation reaches the threshold at some evaluation; final generalisation reaches it, the paper's criterion), and generalisation at the early stop vs at the end.",
+            what: "fraction of seeds that grok vs depth (generalisation reaches the threshold at some evaluation, the paper's count; final generalisation reaches it), and generalisation at the early stop vs at the end.",
             compute: grok_fraction_figure,
             config: Some(config),
             check,
@@ -192,14 +192,14 @@ pub fn grok_fraction_charts(runs: &TaskRuns) -> Vec<Chart> {
     let x: Vec<f64> = depths.iter().map(|&d| d as f64).collect();
     let thr = runs.settings.eval.grok_threshold;
     let frac = Series::new(
-        format!("generalisation reaches {thr} at some evaluation"),
+        format!("generalisation reaches {thr} at some evaluation (the paper's count)"),
         Mark::LinePoints,
         COLORS[0],
         x.clone(),
         depths.iter().map(|&d| runs.grok_fraction(d)).collect(),
     );
     let final_frac = Series::new(
-        format!("final generalisation >= {thr} (the paper's criterion)"),
+        format!("final generalisation >= {thr}"),
         Mark::LinePoints,
         COLORS[1],
         x.clone(),
