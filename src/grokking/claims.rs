@@ -107,7 +107,7 @@ pub fn measure(claims: &[&Claim], ctx: &Ctx) -> Result<Vec<Result<Measured>>> {
 /// Variants of a task's CPU preset whose runs are committed beside the tasks' (their own
 /// claims only, keyed by their `runs` folder; the claims over every run read the three tasks
 /// alone).
-const STUDIES: [&str; 1] = ["question_formation_100k.toml"];
+const STUDIES: [&str; 2] = ["question_formation_100k.toml", "tense_inflection_64k.toml"];
 
 /// The committed CPU-preset runs of the experiment file `path`.
 fn committed_runs_of(ctx: &Ctx, path: &Path) -> Result<TaskRuns> {
@@ -260,16 +260,17 @@ fn measure_one(c: &Claim, ev: &Evidence) -> Result<Measured> {
     let (task, rest) = name.split_once('-').unwrap_or(("", name));
     match (task, rest) {
         ("dyck" | "qf" | "ti", "structural-grokking") => structural(ev, task, &[4, 6]),
+        ("ti_steps64k", "structural-grokking") => structural(ev, task, &[4]),
         ("qf", "saturates-before-generalising") => gen_at_saturation(ev, task, 6),
         ("qf", "early-stopping-underestimates") => early_stop_gap(ev, task, 6),
-        ("ti", "early-stopping-underestimates") => early_stop_gap(ev, task, 4),
+        ("ti" | "ti_steps64k", "early-stopping-underestimates") => early_stop_gap(ev, task, 4),
         ("qf" | "qf_train100k", "inverted-u-shallow-side") => fraction_gap(ev, task, 6, &[2]),
         ("qf" | "qf_train100k", "inverted-u-peak-at-6") => fraction_gap(ev, task, 6, &[4]),
         ("qf" | "qf_train100k", "inverted-u-deep-side") => deep_side_gap(ev, task, 6, &[8, 10]),
         ("qf" | "qf_train100k", "tscore-paper-depth-above-shallow") => tscore_gap(ev, task, 6, 2),
         ("ti", "tscore-paper-depth-above-shallow") => tscore_gap(ev, task, 4, 2),
         ("qf" | "qf_train100k", "groks-over-seeds") => final_fraction(ev, task, 6),
-        ("ti", "groks-over-seeds") => final_fraction(ev, task, 4),
+        ("ti" | "ti_steps64k", "groks-over-seeds") => final_fraction(ev, task, 4),
         ("qf" | "ti", "groks-over-seeds-at-best-depth") => {
             final_fraction(ev, task, ev.task(task)?.best_depth())
         }

@@ -36,7 +36,7 @@ pub fn registered() -> Vec<Figure> {
         &'static str,
         Option<&'static str>,
     );
-    let files: [Names; 4] = [
+    let files: [Names; 5] = [
         (
             "grokking/dyck.toml",
             "grokking/dyck_accuracy",
@@ -64,6 +64,13 @@ pub fn registered() -> Vec<Figure> {
             "grokking/qf_train100k_grok_fraction",
             "grokking/qf_train100k_internals",
             Some("grokking/qf_train100k_tparseval"),
+        ),
+        (
+            "grokking/tense_inflection_64k.toml",
+            "grokking/ti_steps64k_accuracy",
+            "grokking/ti_steps64k_grok_fraction",
+            "grokking/ti_steps64k_internals",
+            Some("grokking/ti_steps64k_tparseval"),
         ),
     ];
     for (config, acc, frac, int, tp) in files {
